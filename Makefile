@@ -1,0 +1,36 @@
+# Each target makes its own .venv. torch is pinned (constraints.txt) to the CPU build on disk:
+# captum and monai depend on torch, and an unpinned resolve pulls a multi-GB CUDA build.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/pip install -q -c constraints.txt
+
+.PHONY: test demo bench lint clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q -U pip
+
+$(VENV)/.dev: $(BIN)/python pyproject.toml constraints.txt
+	$(PIP) torch==2.13.0
+	$(PIP) -e '.[dev]'
+	touch $@
+
+$(VENV)/.runtime: $(BIN)/python pyproject.toml
+	$(PIP) -e .
+	touch $@
+
+lint: $(VENV)/.dev
+	$(BIN)/ruff check nxrt converters plugins tests benchmarks examples
+
+test: lint
+	$(BIN)/python -m pytest -q tests
+
+demo: $(VENV)/.runtime
+	$(BIN)/nxrt --help
+
+bench: $(VENV)/.dev
+	$(BIN)/python benchmarks/bench_gradient.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

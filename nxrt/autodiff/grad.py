@@ -1,0 +1,124 @@
+"""Reverse-mode traversal: from a seeded score tensor back to the requested tensors.
+
+`add_gradients` walks the nodes that lie on a differentiable path between the requested
+tensors and the score, in reverse topological order, asks the rule table for each node's
+vector-Jacobian product, and sums gradients that fan out. Everything op-specific lives in
+`rules.py`; this file only knows graphs.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+
+import onnx
+
+from ..errors import ModelError
+from ..graph import Builder, GraphInfo
+from .rules import GUIDED_RULES, RULES, ZERO_GRAD_OPS, Rule
+
+#: Activations that `guided_ops` may add to guided mode, with the rule that makes them guided.
+GUIDABLE = ("Relu", "LeakyRelu", "PRelu", "Elu")
+
+
+class DiffContext(Builder):
+    """What a rule sees: the builder, the graph's shapes/constants, and which tensors need gradients."""
+
+    def __init__(self, model: onnx.ModelProto, info: GraphInfo, active: set[str]):
+        super().__init__(model, prefix="nxrt_grad")
+        self.info = info
+        self.active = active
+
+    def needs(self, name: str) -> bool:
+        return bool(name) and name in self.active
+
+
+def _differentiable_nodes(graph: onnx.GraphProto, info: GraphInfo, score: str,
+                          wrt: Sequence[str]) -> tuple[list[onnx.NodeProto], set[str]]:
+    """Nodes on a path wrt -> score that carries a float gradient, and the tensors on it."""
+    downstream = set(wrt)
+    for node in graph.node:
+        if node.op_type in ZERO_GRAD_OPS:
+            continue
+        if any(i in downstream for i in node.input if i):
+            downstream.update(o for o in node.output if o and info.is_float(o) is not False)
+    upstream = {score}
+    for node in reversed(graph.node):
+        if node.op_type in ZERO_GRAD_OPS:
+            continue
+        if any(o in upstream for o in node.output):
+            upstream.update(i for i in node.input if i)
+    active = downstream & upstream
+    nodes = [n for n in graph.node if n.op_type not in ZERO_GRAD_OPS
+             and any(o in active for o in n.output) and any(i in active for i in n.input)]
+    return nodes, active
+
+
+def check_supported(nodes: Iterable[onnx.NodeProto], table: dict[str, Rule]) -> None:
+    """Raise one ModelError listing every op type without a rule, with its node names."""
+    missing: dict[str, list[str]] = defaultdict(list)
+    for node in nodes:
+        if node.domain not in ("", "ai.onnx") or node.op_type not in table:
+            missing[f"{node.domain + '.' if node.domain else ''}{node.op_type}"].append(node.name or "?")
+    if missing:
+        parts = [f"{op} ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})"
+                 for op, names in sorted(missing.items())]
+        raise ModelError("cannot differentiate the model: unsupported op type(s) on the gradient path: "
+                         + "; ".join(parts) + ". Re-export without them or open an issue with the model")
+
+
+def rule_table(guided: bool, guided_ops: Sequence[str] = ("Relu",)) -> dict[str, Rule]:
+    table = dict(RULES)
+    if guided:
+        from .rules import guided_rule_for
+
+        for op in guided_ops:
+            if op not in GUIDABLE:
+                raise ModelError(f"guided_ops: '{op}' cannot be guided; choose from {', '.join(GUIDABLE)}")
+            table[op] = GUIDED_RULES.get(op) or guided_rule_for(op)
+    return table
+
+
+def add_gradients(model: onnx.ModelProto, score: str, seed: str, wrt: Sequence[str],
+                  guided: bool = False, guided_ops: Sequence[str] = ("Relu",),
+                  info: GraphInfo | None = None) -> dict[str, str]:
+    """Append to `model` (in place) the nodes computing d<score, seed>/d t for every t in `wrt`.
+
+    `model` must be shape-inferred (see `nxrt.graph.infer_shapes`); `seed` names a tensor
+    shaped like `score`. Returns {t: name of its gradient tensor}. Raises ModelError listing
+    all unsupported ops before anything is emitted.
+    """
+    graph = model.graph
+    info = info or GraphInfo(model)
+    table = rule_table(guided, guided_ops)
+    nodes, active = _differentiable_nodes(graph, info, score, wrt)
+    check_supported(nodes, table)
+    ctx = DiffContext(model, info, active)
+    contributions: dict[str, list[str]] = defaultdict(list)
+    contributions[score].append(seed)
+
+    def total(name: str) -> str | None:
+        parts = contributions.get(name)
+        if not parts:
+            return None
+        if len(parts) > 1:
+            ctx.scope = f"nxrt_grad/{name}"
+            contributions[name] = [ctx.op("Sum", *parts)]
+        return contributions[name][0]
+
+    for node in reversed(nodes):
+        gy = [total(o) if o in active else None for o in node.output]
+        if all(g is None for g in gy):
+            continue
+        ctx.scope = f"nxrt_grad/{node.name or node.op_type}"
+        gx = table[node.op_type](ctx, node, gy)
+        for name, g in zip(node.input, gx, strict=False):
+            if g is not None and ctx.needs(name):
+                contributions[name].append(g)
+    grads = {}
+    ctx.scope = "nxrt_grad"
+    for t in wrt:
+        g = total(t)
+        grads[t] = g if g is not None else ctx.zeros_like(t, info.elem_type(t) or onnx.TensorProto.FLOAT)
+    ctx.flush()
+    return grads

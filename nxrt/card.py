@@ -1,0 +1,87 @@
+"""The model card: nxrt's metadata stored in the ONNX file's metadata_props (`nxrt.*` keys)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+import onnx
+
+from .errors import ModelError
+
+TASKS = ("classification", "segmentation")
+LAYOUTS = ("channels_first", "channels_last")
+NORMALIZE = ("zscore", "minmax", "none")
+PREFIX = "nxrt."
+
+
+@dataclass
+class ModelCard:
+    """What nxrt needs to know about a model beyond its graph. Every field may be missing (None)."""
+
+    task: str | None = None
+    layout: str | None = None
+    channels: list[str] | None = None
+    labels: list[str] | None = None
+    normalize: str | None = None
+    spatial_shape: list[int] | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_model(cls, model: onnx.ModelProto) -> ModelCard:
+        props = {p.key[len(PREFIX):]: p.value for p in model.metadata_props if p.key.startswith(PREFIX)}
+        card = cls()
+        for key, value in props.items():
+            card.set(key, value)
+        return card
+
+    def set(self, key: str, value: str) -> None:
+        """Set one field from its string form, validating it (raises ModelError naming the key)."""
+        key = key[len(PREFIX):] if key.startswith(PREFIX) else key
+        value = value.strip()
+        if key == "task":
+            self.task = _choice(key, value, TASKS)
+        elif key == "layout":
+            self.layout = _choice(key, value, LAYOUTS)
+        elif key == "normalize":
+            self.normalize = _choice(key, value, NORMALIZE)
+        elif key in ("channels", "labels"):
+            items = [v.strip() for v in value.split(",") if v.strip()]
+            setattr(self, key, items or None)
+        elif key == "spatial_shape":
+            try:
+                dims = [int(v) for v in value.replace("x", ",").split(",") if v.strip()]
+            except ValueError:
+                raise ModelError(f"nxrt.spatial_shape: '{value}' is not a list of integers like 192,224,160") from None
+            if not dims or min(dims) <= 0:
+                raise ModelError(f"nxrt.spatial_shape: '{value}' must be positive integers like 192,224,160")
+            self.spatial_shape = dims
+        else:
+            self.extra[key] = value
+
+    def to_props(self) -> dict[str, str]:
+        out = {}
+        for f in fields(self):
+            if f.name == "extra":
+                continue
+            value = getattr(self, f.name)
+            if value is None:
+                continue
+            out[PREFIX + f.name] = ",".join(map(str, value)) if isinstance(value, list) else str(value)
+        out.update({PREFIX + k: v for k, v in self.extra.items()})
+        return out
+
+    def write(self, model: onnx.ModelProto) -> onnx.ModelProto:
+        """Store this card in the model's metadata_props (other metadata is kept)."""
+        keep = [p for p in model.metadata_props if not p.key.startswith(PREFIX)]
+        del model.metadata_props[:]
+        model.metadata_props.extend(keep)
+        for key, value in self.to_props().items():
+            entry = model.metadata_props.add()
+            entry.key, entry.value = key, value
+        return model
+
+
+def _choice(key: str, value: str, allowed) -> str:
+    if value not in allowed:
+        raise ModelError(f"nxrt.{key}: '{value}' is not one of {', '.join(allowed)}")
+    return value

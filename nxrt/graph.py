@@ -1,0 +1,386 @@
+"""Small helpers over ONNX protos: loading, saving, shapes, constants and a node builder.
+
+Everything that touches `onnx` protos directly and is not specific to one op lives here, so
+that the autodiff rules read as one-line maths and the passes as graph surgery.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from .errors import ModelError
+
+#: Lowest default-domain opset nxrt emits; older models are converted up to it first.
+MIN_OPSET = 17
+#: Highest IR version written: onnxruntime-gpu 1.31 refuses IR 14, which onnx 1.23 writes by default.
+MAX_IR_VERSION = 10
+#: Protobuf cannot serialise a message above 2 GiB; above this, tensors go to external data.
+PROTOBUF_LIMIT = 2**31 - 1
+#: Initializers larger than this (bytes) are not needed for shape inference and are left out of it.
+_SKELETON_BYTES = 4096
+
+FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16}
+
+
+# --------------------------------------------------------------------------- load / save
+
+
+def load_model(model: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
+    """Load an ONNX model (with its external data) or pass a ModelProto through unchanged.
+
+    Raises ModelError with the file name and the fix when the path is missing, the file is not
+    ONNX, or its external data file is missing.
+    """
+    if isinstance(model, onnx.ModelProto):
+        return model
+    path = Path(model)
+    if not path.exists():
+        raise ModelError(f"{path}: no such file; give the path of an .onnx model")
+    if path.is_dir():
+        raise ModelError(f"{path}: is a folder; give the path of an .onnx model file")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf raises DecodeError, sometimes RuntimeWarning-ish errors
+        raise ModelError(f"{path}: not a readable ONNX model ({type(exc).__name__}); "
+                         "re-export it or check the file is not truncated") from exc
+    if not proto.graph.node and not proto.graph.output:
+        raise ModelError(f"{path}: not an ONNX model (empty graph); re-export it")
+    missing = sorted({loc for loc in _external_locations(proto)
+                      if not (path.parent / loc).exists()})
+    if missing:
+        raise ModelError(f"{path}: external data file {missing[0]} is missing; keep it next to "
+                         "the model (it holds the weights)")
+    try:
+        onnx.external_data_helper.load_external_data_for_model(proto, str(path.parent))
+    except Exception as exc:
+        raise ModelError(f"{path}: cannot read its external weight data ({exc}); "
+                         "re-export the model") from exc
+    return proto
+
+
+def _external_locations(model: onnx.ModelProto) -> Iterable[str]:
+    for tensor in onnx.external_data_helper._get_all_tensors(model):
+        if tensor.data_location == TensorProto.EXTERNAL:
+            for entry in tensor.external_data:
+                if entry.key == "location":
+                    yield entry.value
+
+
+def model_bytes(model: onnx.ModelProto) -> int:
+    """Size of the model's tensors in bytes (without protobuf overhead)."""
+    total = 0
+    for tensor in onnx.external_data_helper._get_all_tensors(model):
+        total += len(tensor.raw_data) if tensor.HasField("raw_data") else 0
+        total += 4 * len(tensor.float_data) + 8 * len(tensor.int64_data) + 8 * len(tensor.double_data)
+    return total
+
+
+def save_model(model: onnx.ModelProto, path: str | os.PathLike, external: bool | None = None) -> Path:
+    """Save atomically; weights go to `<name>.data` beside it when the model exceeds 2 GiB.
+
+    external=None decides by size, True/False forces it. The model proto is not modified.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if external is None:
+        external = model_bytes(model) > PROTOBUF_LIMIT - (64 << 20)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    if external:
+        data_name = path.name + ".data"
+        tmp_data = tmp.with_name(tmp.name + ".data")
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)
+        onnx.save_model(copy, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=tmp_data.name, size_threshold=1024)
+        # the proto records the data file's name: rewrite it to the final name before renaming
+        final = onnx.load(str(tmp), load_external_data=False)
+        for tensor in onnx.external_data_helper._get_all_tensors(final):
+            for entry in tensor.external_data:
+                if entry.key == "location":
+                    entry.value = data_name
+        onnx.save_model(final, str(tmp))
+        os.replace(tmp_data, path.with_name(data_name))
+    else:
+        onnx.save_model(model, str(tmp))
+    os.replace(tmp, path)
+    return path
+
+
+# --------------------------------------------------------------------------- shapes and types
+
+
+def opset_of(model: onnx.ModelProto) -> int:
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            return imp.version
+    return 1
+
+
+def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Shape inference that also works above 2 GiB.
+
+    Large initializers are replaced by graph inputs of the same type and shape in a skeleton
+    copy (inference only needs their shapes), the skeleton is inferred with data propagation,
+    and the value_info found is copied back into a copy of the original.
+    """
+    skeleton = onnx.ModelProto()
+    skeleton.CopyFrom(model)
+    del skeleton.graph.initializer[:]
+    big = []
+    for init in model.graph.initializer:
+        if _tensor_nbytes(init) > _SKELETON_BYTES:
+            big.append(helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
+        else:
+            skeleton.graph.initializer.append(init)
+    present = {i.name for i in skeleton.graph.input}
+    skeleton.graph.input.extend(v for v in big if v.name not in present)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(skeleton, check_type=False, strict_mode=False,
+                                                     data_prop=True)
+    except Exception as exc:
+        raise ModelError(f"shape inference failed on the model: {exc}; re-export it with a "
+                         "recent exporter") from exc
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    del out.graph.value_info[:]
+    out.graph.value_info.extend(inferred.graph.value_info)
+    for declared, found in zip(out.graph.output, inferred.graph.output, strict=True):
+        if dims_of(declared) is None and dims_of(found) is not None:
+            declared.type.CopyFrom(found.type)
+    return out
+
+
+def _tensor_nbytes(t: TensorProto) -> int:
+    if t.HasField("raw_data"):
+        return len(t.raw_data)
+    if t.data_location == TensorProto.EXTERNAL:
+        return PROTOBUF_LIMIT
+    n = int(np.prod(t.dims)) if t.dims else 1
+    return n * 8
+
+
+def dims_of(vi: onnx.ValueInfoProto) -> tuple | None:
+    """Static dims of a value info: ints where known, the dim_param string or None where not."""
+    tt = vi.type.tensor_type
+    if not tt.HasField("shape"):
+        return None
+    return tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim)
+
+
+class GraphInfo:
+    """Read-only lookups over a shape-inferred graph: shapes, dtypes, constants, producers."""
+
+    def __init__(self, model: onnx.ModelProto):
+        g = model.graph
+        self.model = model
+        self.opset = opset_of(model)
+        self.initializers = {t.name: t for t in g.initializer}
+        self.value_info: dict[str, onnx.ValueInfoProto] = {}
+        for vi in list(g.input) + list(g.output) + list(g.value_info):
+            known = self.value_info.get(vi.name)
+            # a declared output may carry no shape while inference found one: keep the richer entry
+            if known is None or (dims_of(vi) is not None and vi.type.tensor_type.elem_type) \
+                    or not known.type.tensor_type.elem_type:
+                self.value_info[vi.name] = vi
+        for t in g.initializer:
+            self.value_info.setdefault(t.name, helper.make_tensor_value_info(t.name, t.data_type, t.dims))
+        self.producer: dict[str, onnx.NodeProto] = {}
+        for node in g.node:
+            for o in node.output:
+                if o:
+                    self.producer[o] = node
+        self._const_cache: dict[str, np.ndarray | None] = {}
+
+    def shape(self, name: str) -> tuple | None:
+        vi = self.value_info.get(name)
+        return dims_of(vi) if vi is not None else None
+
+    def rank(self, name: str) -> int | None:
+        s = self.shape(name)
+        return None if s is None else len(s)
+
+    def static_shape(self, name: str) -> tuple[int, ...] | None:
+        s = self.shape(name)
+        if s is None or any(not isinstance(d, int) or d <= 0 for d in s):
+            return None
+        return tuple(s)
+
+    def elem_type(self, name: str) -> int | None:
+        vi = self.value_info.get(name)
+        if vi is None or not vi.type.tensor_type.elem_type:
+            return None
+        return vi.type.tensor_type.elem_type
+
+    def is_float(self, name: str) -> bool | None:
+        t = self.elem_type(name)
+        return None if t is None else t in FLOAT_TYPES
+
+    def const(self, name: str) -> np.ndarray | None:
+        """The value of a tensor that is an initializer or a Constant node output, else None."""
+        if not name:
+            return None
+        if name in self._const_cache:
+            return self._const_cache[name]
+        value = None
+        if name in self.initializers:
+            value = numpy_helper.to_array(self.initializers[name])
+        else:
+            node = self.producer.get(name)
+            if node is not None and node.op_type == "Constant":
+                value = _constant_node_value(node)
+            elif node is not None and node.op_type in ("Identity", "Cast") and node.input:
+                inner = self.const(node.input[0])
+                if inner is not None and node.op_type == "Cast":
+                    to = attr(node, "to")
+                    inner = inner.astype(helper.tensor_dtype_to_np_dtype(to))
+                value = inner
+        self._const_cache[name] = value
+        return value
+
+
+def _constant_node_value(node: onnx.NodeProto) -> np.ndarray | None:
+    for a in node.attribute:
+        if a.name == "value":
+            return numpy_helper.to_array(a.t)
+        if a.name == "value_float":
+            return np.array(a.f, dtype=np.float32)
+        if a.name == "value_floats":
+            return np.array(list(a.floats), dtype=np.float32)
+        if a.name == "value_int":
+            return np.array(a.i, dtype=np.int64)
+        if a.name == "value_ints":
+            return np.array(list(a.ints), dtype=np.int64)
+    return None
+
+
+def attr(node: onnx.NodeProto, name: str, default=None):
+    """An attribute's Python value, or default when absent."""
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
+
+
+def attr_str(node: onnx.NodeProto, name: str, default: str = "") -> str:
+    value = attr(node, name, None)
+    if value is None:
+        return default
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+# --------------------------------------------------------------------------- building
+
+
+class Builder:
+    """Appends nodes and initializers to a graph under fresh, readable names.
+
+    `op()` returns the output name(s); `const()` adds an initializer. Names are prefixed so a
+    reader of the augmented graph can tell which forward node each gradient node belongs to.
+    """
+
+    def __init__(self, model: onnx.ModelProto, prefix: str = "nxrt"):
+        self.model = model
+        self.graph = model.graph
+        self.opset = opset_of(model)
+        self.prefix = prefix
+        self.scope = prefix
+        self._taken = {n for node in self.graph.node for n in list(node.output) + [node.name]}
+        self._taken |= {i.name for i in self.graph.input} | {t.name for t in self.graph.initializer}
+        self._taken |= {o.name for o in self.graph.output}
+        self._const_ids: dict[tuple, str] = {}
+        self.nodes: list[onnx.NodeProto] = []
+
+    def fresh(self, hint: str) -> str:
+        base = f"{self.scope}/{hint}"
+        name, k = base, 1
+        while name in self._taken:
+            k += 1
+            name = f"{base}_{k}"
+        self._taken.add(name)
+        return name
+
+    def op(self, op_type: str, *inputs: str, outputs: int | Sequence[str] = 1, **attrs) -> str | list[str]:
+        if isinstance(outputs, int):
+            names = [self.fresh(op_type) for _ in range(outputs)]
+        else:
+            names = list(outputs)
+            self._taken.update(names)
+        node = helper.make_node(op_type, list(inputs), names, name=self.fresh(op_type + "_node"),
+                                **{k: v for k, v in attrs.items() if v is not None})
+        self.nodes.append(node)
+        return names[0] if len(names) == 1 else names
+
+    def const(self, value, dtype=np.float32, hint: str = "const") -> str:
+        """An initializer with this value; small constants are shared by value."""
+        arr = np.asarray(value, dtype=dtype)
+        key = None
+        if arr.size <= 16:
+            key = (arr.dtype.str, arr.shape, arr.tobytes())
+            if key in self._const_ids:
+                return self._const_ids[key]
+        name = self.fresh(hint)
+        self.graph.initializer.append(numpy_helper.from_array(arr, name))
+        if key is not None:
+            self._const_ids[key] = name
+        return name
+
+    def ints(self, values) -> str:
+        return self.const(np.asarray(values, dtype=np.int64).reshape(-1), np.int64, "ints")
+
+    # --- ops whose signature changed between opsets: one place that knows both conventions
+
+    def reduce(self, op_type: str, x: str, axes: Sequence[int] | None, keepdims: bool = True) -> str:
+        """ReduceSum/Mean/Max/... over `axes` (None: all axes); axes as input where the opset wants it."""
+        axes_as_input = op_type == "ReduceSum" and self.opset >= 13 or self.opset >= 18
+        if axes is None:
+            return self.op(op_type, x, keepdims=int(keepdims))
+        if axes_as_input:
+            return self.op(op_type, x, self.ints(axes), keepdims=int(keepdims))
+        return self.op(op_type, x, axes=list(axes), keepdims=int(keepdims))
+
+    def unsqueeze(self, x: str, axes: Sequence[int]) -> str:
+        return self.op("Unsqueeze", x, self.ints(axes))
+
+    def squeeze(self, x: str, axes: Sequence[int]) -> str:
+        return self.op("Squeeze", x, self.ints(axes))
+
+    def shape(self, x: str) -> str:
+        return self.op("Shape", x)
+
+    def reshape_like(self, g: str, like: str) -> str:
+        return self.op("Reshape", g, self.shape(like))
+
+    def zeros_like(self, x: str, dtype: int = TensorProto.FLOAT) -> str:
+        return self.op("ConstantOfShape", self.shape(x),
+                       value=helper.make_tensor("zero", dtype, [1], [0]))
+
+    def flush(self) -> None:
+        """Append the nodes built so far to the graph (in build order, which is topological)."""
+        self.graph.node.extend(self.nodes)
+        self.nodes = []
+
+
+def finish_model(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Clamp the IR version to one the runtime accepts and drop stale value_info."""
+    if model.ir_version > MAX_IR_VERSION:
+        model.ir_version = MAX_IR_VERSION
+    return model
+
+
+def convert_opset(model: onnx.ModelProto, target: int = MIN_OPSET) -> onnx.ModelProto:
+    """Bring a model below MIN_OPSET up to it (the emitted gradient ops need opset >= 17)."""
+    if opset_of(model) >= target:
+        return model
+    try:
+        from onnx import version_converter
+        converted = version_converter.convert_version(model, target)
+    except Exception as exc:
+        raise ModelError(f"the model uses opset {opset_of(model)} and could not be converted to "
+                         f"opset {target} ({exc}); re-export it with opset >= {target}") from exc
+    return converted

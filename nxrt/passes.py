@@ -1,0 +1,288 @@
+"""Graph passes: the score head, exposed layers and gradient outputs -> the augmented model.
+
+`augment()` is the public entry: it returns a standard-ONNX model with an extra input
+`nxrt_seed` ([N, K], the upstream gradient of the K scores), the output `nxrt_scores`
+([N, K]), the requested layer activations, and `nxrt_grad__<tensor>` for every tensor asked
+for. Running it with a one-hot seed gives the gradient of one class score; any ONNX runtime can.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from .autodiff import add_gradients
+from .card import ModelCard
+from .errors import InputError, ModelError
+from .graph import Builder, GraphInfo, convert_opset, finish_model, infer_shapes, load_model
+
+SEED = "nxrt_seed"
+SCORES = "nxrt_scores"
+REGION = "nxrt_region"
+GRAD_PREFIX = "nxrt_grad__"
+INPUT_ALIAS = "input"
+
+
+def grad_name(tensor: str) -> str:
+    return GRAD_PREFIX + tensor
+
+
+@dataclass(frozen=True)
+class ScoreSpec:
+    """What is being explained: which output, how it becomes K scores per sample.
+
+    task: "classification" (scores = the output as exported, [N, K]) or "segmentation"
+    (scores = a pooling head over the spatial axes, [N, C]). logits: explain the input of a
+    final Softmax/Sigmoid. region: None (global mean), "predicted" (mean over the voxels whose
+    argmax is the channel, mask held constant) or "mask" (mean over a mask fed as `nxrt_region`).
+    """
+
+    task: str = "classification"
+    layout: str = "channels_first"
+    output: str | None = None
+    logits: bool = False
+    region: str | None = None
+
+    def key(self) -> tuple:
+        return (self.task, self.layout, self.output, self.logits, self.region)
+
+
+def resolve_tensor(model: onnx.ModelProto, name: str) -> str:
+    """A tensor name from a tensor or node name; raises InputError listing candidates."""
+    g = model.graph
+    tensors = {o for n in g.node for o in n.output} | {i.name for i in g.input}
+    if name in tensors:
+        return name
+    for node in g.node:
+        if node.name == name:
+            return node.output[0]
+    convs = [n.output[0] for n in g.node if n.op_type in ("Conv", "ConvTranspose")]
+    hint = ", ".join(convs[-8:]) if convs else "none"
+    raise InputError(f"layer '{name}' is neither a tensor nor a node of the model; Conv outputs "
+                     f"include: {hint} (see `nxrt inspect`)")
+
+
+def model_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    inits = {t.name for t in model.graph.initializer}
+    return [i for i in model.graph.input if i.name not in inits]
+
+
+def _resolve_wrt(model: onnx.ModelProto, wrt: Sequence[str]) -> list[str]:
+    names = []
+    for w in wrt:
+        if w == INPUT_ALIAS and INPUT_ALIAS not in {i.name for i in model.graph.input}:
+            names.extend(i.name for i in model_inputs(model))
+        else:
+            names.append(resolve_tensor(model, w))
+    for n in names:
+        t = GraphInfo(model).elem_type(n) if n else None
+        if t is not None and t not in (TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16):
+            raise ModelError(f"input '{n}' is not a float tensor ({TensorProto.DataType.Name(t)}); "
+                             "nxrt can only differentiate with respect to float inputs")
+    return list(dict.fromkeys(names))
+
+
+def _score_head(model: onnx.ModelProto, spec: ScoreSpec) -> str:
+    """Append the nodes turning the chosen output into the [N, K] scores; returns their name."""
+    g = model.graph
+    out = spec.output or g.output[0].name
+    if out not in {o.name for o in g.output} | {o for n in g.node for o in n.output}:
+        raise InputError(f"output '{out}' is not in the model; outputs: {', '.join(o.name for o in g.output)}")
+    b = Builder(model, prefix="nxrt_head")
+    if spec.logits:
+        producer = next((n for n in g.node if out in n.output), None)
+        if producer is None or producer.op_type not in ("Softmax", "Sigmoid", "LogSoftmax"):
+            raise InputError(f"score='logits': output '{out}' is not produced by Softmax/Sigmoid, so it "
+                             "already is the logits; drop the option")
+        out = producer.input[0]
+    if spec.task == "classification":
+        info = GraphInfo(infer_shapes(model))
+        rank = info.rank(out)
+        if rank is not None and rank != 2:
+            scores = b.op("Flatten", out, axis=1)
+        else:
+            scores = out
+    else:
+        rank = GraphInfo(infer_shapes(model)).rank(out)
+        if rank is None or rank < 3:
+            raise InputError(f"task=segmentation needs an output with spatial axes; '{out}' has rank {rank}. "
+                             "Use task=classification")
+        ch = 1 if spec.layout == "channels_first" else rank - 1
+        spatial = [a for a in range(1, rank) if a != ch]
+        if spec.region is None:
+            scores = b.reduce("ReduceMean", out, spatial, keepdims=False)
+        else:
+            if spec.region == "predicted":
+                # one-hot of the argmax: an integer path, so it carries no gradient (mask held constant)
+                arg = b.op("ArgMax", out, axis=ch, keepdims=1)
+                depth = GraphInfo(infer_shapes(model)).shape(out)[ch]
+                shape = [1] * rank
+                shape[ch] = depth
+                classes = b.const(np.arange(depth).reshape(shape), np.int64, "classes")
+                region = b.op("Cast", b.op("Equal", arg, classes), to=TensorProto.FLOAT)
+            elif spec.region == "mask":
+                region = REGION
+                g.input.append(helper.make_tensor_value_info(REGION, TensorProto.FLOAT, [None] * rank))
+            else:
+                raise InputError(f"region '{spec.region}' is not one of None, 'predicted', a mask array")
+            inside = b.reduce("ReduceSum", b.op("Mul", out, region), spatial, keepdims=False)
+            # a one-channel mask broadcasts over all channels, and so does its voxel count
+            count = b.reduce("ReduceSum", region, spatial, keepdims=False)
+            scores = b.op("Div", inside, b.op("Max", count, b.const(1e-12)))
+    b.flush()
+    return scores
+
+
+def _name_output(model: onnx.ModelProto, tensor: str, name: str) -> None:
+    model.graph.node.append(helper.make_node("Identity", [tensor], [name], name=f"{name}_out"))
+
+
+def augment(model: str | os.PathLike | onnx.ModelProto, wrt: Sequence[str] = (INPUT_ALIAS,),
+            layers: Sequence[str] = (), guided: bool = False, target=None, *,
+            score: ScoreSpec | None = None, guided_ops: Sequence[str] = ("Relu",),
+            check: bool = True) -> onnx.ModelProto:
+    """Return a copy of `model` that also computes gradients of its scores, in standard ONNX.
+
+    wrt: tensors to differentiate with respect to ("input" = every float graph input).
+    layers: intermediate tensors (or node names) to expose together with their gradients
+    (what Grad-CAM needs). guided: guided backpropagation through Relu (and `guided_ops`).
+    target: None keeps the seed an input `nxrt_seed` [N, K]; an int or list of ints bakes a
+    (summed) one-hot seed in, so the model computes the gradient of that class score alone.
+    score: the ScoreSpec (task, layout, output, logits, region); None = from the model card,
+    classification when the card is silent and the output has rank 2, else segmentation.
+    The result passes onnx.checker (full check) and runs on onnxruntime's CPU provider.
+    """
+    proto = load_model(model)
+    work = onnx.ModelProto()
+    work.CopyFrom(proto)
+    work = convert_opset(work)
+    del work.graph.value_info[:]
+    if score is None:
+        score = default_score_spec(work)
+    wrt_names = _resolve_wrt(work, wrt)
+    layer_names = [resolve_tensor(work, layer) for layer in layers]
+    scores = _score_head(work, score)
+    work = infer_shapes(work)
+    info = GraphInfo(work)
+    score_shape = info.shape(scores)
+    if score_shape is None or len(score_shape) != 2:
+        raise ModelError(f"the score tensor '{scores}' must be [N, K]; its shape is {score_shape}")
+    k = score_shape[1]
+    b = Builder(work, prefix="nxrt_seed")
+    if target is None:
+        seed = SEED
+        work.graph.input.append(helper.make_tensor_value_info(SEED, TensorProto.FLOAT,
+                                                              [score_shape[0], score_shape[1]]))
+    else:
+        targets = [target] if np.isscalar(target) else list(target)
+        if not isinstance(k, int):
+            raise ModelError("target given but the number of scores is not static")
+        for t in targets:
+            if not 0 <= int(t) < k:
+                raise InputError(f"target {t} is out of range: the model has {k} scores (0..{k - 1})")
+        onehot = np.zeros([1, k], np.float32)
+        for t in targets:
+            onehot[0, int(t)] += 1.0
+        seed = b.op("Expand", b.const(onehot, hint="onehot"), b.op("Shape", scores))
+    b.flush()
+    grads = add_gradients(work, scores, seed, wrt_names + [n for n in layer_names if n not in wrt_names],
+                          guided=guided, guided_ops=guided_ops, info=info)
+    outputs = [(scores, SCORES)]
+    outputs += [(n, n) for n in layer_names if n not in {o.name for o in work.graph.output}]
+    outputs += [(grads[t], grad_name(t)) for t in dict.fromkeys(wrt_names + layer_names)]
+    for tensor, name in outputs:
+        if tensor != name:
+            _name_output(work, tensor, name)
+        work.graph.output.append(helper.make_tensor_value_info(name, TensorProto.UNDEFINED, None))
+    work = _finalise(work, [name for _, name in outputs])
+    if check:
+        check_model(work)
+    return work
+
+
+def _finalise(model: onnx.ModelProto, new_outputs: list[str]) -> onnx.ModelProto:
+    """Give the new outputs their inferred types and shapes; drop intermediate value_info."""
+    inferred = GraphInfo(infer_shapes(model))
+    keep = [o for o in model.graph.output if o.name not in new_outputs]
+    del model.graph.output[:]
+    model.graph.output.extend(keep)
+    for name in new_outputs:
+        elem = inferred.elem_type(name) or TensorProto.FLOAT
+        shape = inferred.shape(name)
+        model.graph.output.append(helper.make_tensor_value_info(name, elem, list(shape) if shape else None))
+    del model.graph.value_info[:]
+    return finish_model(model)
+
+
+def check_model(model: onnx.ModelProto) -> None:
+    """onnx.checker with full check (shape inference included); works above 2 GiB too."""
+    from .graph import PROTOBUF_LIMIT, model_bytes
+
+    try:
+        if model_bytes(model) < PROTOBUF_LIMIT - (64 << 20):
+            onnx.checker.check_model(model, full_check=True)
+        else:
+            import tempfile
+
+            from .graph import save_model
+
+            with tempfile.TemporaryDirectory() as tmp:
+                path = save_model(model, os.path.join(tmp, "model.onnx"), external=True)
+                onnx.checker.check_model(str(path), full_check=True)
+    except onnx.checker.ValidationError as exc:
+        raise ModelError(f"the augmented model failed onnx.checker: {str(exc).splitlines()[0]}") from exc
+
+
+def default_score_spec(model: onnx.ModelProto, task: str | None = None, layout: str | None = None,
+                       **kw) -> ScoreSpec:
+    """ScoreSpec from explicit arguments, else the model card, else inferred from the graph."""
+    card = ModelCard.from_model(model)
+    task = task or card.task
+    layout = layout or card.layout
+    info = None
+    if task is None or layout is None:
+        info = GraphInfo(infer_shapes(model))
+    out = kw.get("output") or model.graph.output[0].name
+    if task is None:
+        rank = info.rank(out)
+        task = "classification" if rank is not None and rank <= 2 else "segmentation" if rank else None
+        if task is None:
+            raise ModelError(f"cannot tell the task from output '{out}' (unknown rank); pass "
+                             "task='classification' or 'segmentation' (CLI: --task)")
+    if layout is None:
+        layout = infer_layout(model, info)
+    return ScoreSpec(task=task, layout=layout, **kw)
+
+
+def infer_layout(model: onnx.ModelProto, info: GraphInfo | None = None) -> str:
+    """channels_first or channels_last, from how the first input is used and its shape.
+
+    tf2onnx puts NHWC/NDHWC inputs behind a Transpose to NCHW: that Transpose is the tell.
+    Otherwise the channel axis is the short one (axis 1 vs the last axis).
+    """
+    info = info or GraphInfo(infer_shapes(model))
+    inputs = model_inputs(model)
+    if not inputs:
+        raise ModelError("the model has no inputs")
+    x = inputs[0].name
+    rank = info.rank(x) or 0
+    for node in model.graph.node:
+        if node.op_type == "Transpose" and node.input[0] == x:
+            perm = list(onnx.helper.get_attribute_value(node.attribute[0])) if node.attribute else []
+            if perm == [0, rank - 1] + list(range(1, rank - 1)):
+                return "channels_last"
+    shape = info.shape(x)
+    if shape and rank >= 3:
+        first, last = shape[1], shape[-1]
+        if isinstance(first, int) and isinstance(last, int):
+            return "channels_first" if first <= last else "channels_last"
+        if isinstance(first, int):
+            return "channels_first"
+        if isinstance(last, int):
+            return "channels_last"
+    return "channels_first"
