@@ -429,15 +429,18 @@ def _matmul(ctx, node, gy):
         if ctx.needs(a):
             ga = ctx.op("Mul", ctx.unsqueeze(g, [-1]), b)
         if ctx.needs(b):
+            # g as a row times a flattened to [rows, k]; no Transpose before the MatMul: onnxruntime
+            # 1.31 fuses Transpose+MatMul with a 1-D operand into a wrong FusedMatMul
             k = ctx.info.shape(b)[0]
-            flat_a = ctx.op("Reshape", a, ctx.ints([-1, k]))
-            gb = ctx.op("MatMul", ctx.op("Transpose", flat_a, perm=[1, 0]), ctx.op("Reshape", g, ctx.ints([-1])))
+            row = ctx.op("MatMul", ctx.op("Reshape", g, ctx.ints([1, -1])), ctx.op("Reshape", a, ctx.ints([-1, k])))
+            gb = ctx.op("Reshape", row, ctx.ints([k]))
     else:  # ra == 1: y[..., n] = sum_k a[k] b[..., k, n]
         if ctx.needs(a):
             per_batch = ctx.squeeze(ctx.op("MatMul", b, ctx.unsqueeze(g, [-1])), [-1])
             ga = ctx.reduce("ReduceSum", per_batch, list(range(rb - 2)), keepdims=False) if rb > 2 else per_batch
         if ctx.needs(b):
-            gb = unbroadcast(ctx, ctx.op("Mul", ctx.unsqueeze(a, [-1]), ctx.unsqueeze(g, [-2])), b, node.output[0])
+            # [k, 1] * [..., 1, n] is already b's shape: a has no batch axes to broadcast
+            gb = ctx.op("Mul", ctx.unsqueeze(a, [-1]), ctx.unsqueeze(g, [-2]))
     return [ga, gb]
 
 
@@ -533,7 +536,7 @@ def _conv_transpose(ctx, node, gy):
     pads = attr(node, "pads")
     if pads is None or attr_str(node, "auto_pad", "NOTSET") != "NOTSET" or attr(node, "output_shape"):
         # resolve the padding that produced the inferred output size (what onnxruntime did)
-        upper = attr_str(node, "auto_pad", "NOTSET") != "SAME_LOWER"
+        upper = attr_str(node, "auto_pad", "NOTSET") == "SAME_UPPER"  # NOTSET splits like SAME_LOWER
         pb, pe = [], []
         for i in range(n):
             total = strides[i] * (in_shape[i] - 1) + out_pad[i] + (kernel[i] - 1) * dilations[i] + 1 - y_shape[i]
