@@ -384,3 +384,105 @@ def convert_opset(model: onnx.ModelProto, target: int = MIN_OPSET) -> onnx.Model
         raise ModelError(f"the model uses opset {opset_of(model)} and could not be converted to "
                          f"opset {target} ({exc}); re-export it with opset >= {target}") from exc
     return converted
+
+
+# --------------------------------------------------------------------------- constant folding
+
+_NONDETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
+                     "Bernoulli"}
+
+
+def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Replace tensors computed only from constants and static shapes by initializers.
+
+    Exporters compute pads, reshape targets and slice bounds at run time from Shape() chains
+    (torch's legacy exporter) or from chains of constant ops; the autodiff rules need them as
+    constants. The subgraph that computes them is evaluated once with onnxruntime (Shape inputs
+    replaced by zero tensors of the inferred shape, at batch sizes 1 and 2: only values that do not
+    depend on the batch size are folded, so a dynamic batch axis stays dynamic).
+    """
+    import onnxruntime as ort
+
+    inferred = GraphInfo(infer_shapes(model))
+    g = model.graph
+    known = {t.name for t in g.initializer}
+    shape_inputs: dict[str, tuple] = {}
+    nodes = []
+    for node in g.node:
+        if node.op_type in _NONDETERMINISTIC or node.domain not in ("", "ai.onnx"):
+            continue
+        if node.op_type in ("Shape", "Size"):
+            shape = inferred.shape(node.input[0])
+            if shape is None or any(not isinstance(d, int) for d in shape[1:]):
+                continue
+            shape_inputs[node.input[0]] = shape
+        elif not all(i in known or not i for i in node.input):
+            continue
+        if any(a.type == onnx.AttributeProto.GRAPH for a in node.attribute):
+            continue
+        nodes.append(node)
+        known.update(o for o in node.output if o)
+    produced = {o for n in nodes for o in n.output if o}
+    consumers = {i for n in g.node if n not in nodes for i in n.input} | {o.name for o in g.output}
+    boundary = sorted(t for t in produced if t in consumers)
+    if not boundary:
+        return model
+    feeds_in = [t for t in shape_inputs if t not in {i.name for i in g.initializer}]
+    sub = helper.make_graph(
+        nodes, "fold",
+        [helper.make_tensor_value_info(t, inferred.elem_type(t) or TensorProto.FLOAT,
+                                       ["N"] + list(shape_inputs[t][1:])) for t in feeds_in],
+        [helper.make_tensor_value_info(t, inferred.elem_type(t) or 0, None) for t in boundary],
+        initializer=[t for t in g.initializer if t.name in {i for n in nodes for i in n.input}])
+    sub_model = helper.make_model(sub, opset_imports=model.opset_import)
+    sub_model.ir_version = min(model.ir_version, MAX_IR_VERSION)
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    so.log_severity_level = 3
+    try:
+        sess = ort.InferenceSession(sub_model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        runs = []
+        for batch in (1, 2):
+            feeds = {}
+            for t in feeds_in:
+                dims = [batch if not isinstance(shape_inputs[t][0], int) else shape_inputs[t][0]]
+                dims += list(shape_inputs[t][1:])
+                dtype = helper.tensor_dtype_to_np_dtype(inferred.elem_type(t) or TensorProto.FLOAT)
+                feeds[t] = np.zeros(dims, dtype)
+            runs.append(sess.run(boundary, feeds))
+    except Exception:
+        return model  # folding is an optimisation: a subgraph onnxruntime cannot run stays as it is
+    folded = {}
+    for name, a, b in zip(boundary, runs[0], runs[1], strict=True):
+        if a.shape == b.shape and np.array_equal(a, b) and a.dtype != object:
+            folded[name] = a
+    if not folded:
+        return model
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    keep = [n for n in out.graph.node if not (n.output and all(o in folded for o in n.output if o))]
+    del out.graph.node[:]
+    out.graph.node.extend(keep)
+    out.graph.initializer.extend(numpy_helper.from_array(v, k) for k, v in folded.items())
+    return eliminate_dead_nodes(out)
+
+
+def eliminate_dead_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Drop nodes whose outputs nobody uses, and initializers nobody reads."""
+    g = model.graph
+    needed = {o.name for o in g.output}
+    keep = []
+    for node in reversed(g.node):
+        if any(o in needed for o in node.output if o):
+            keep.append(node)
+            needed.update(i for i in node.input if i)
+            for a in node.attribute:  # subgraphs read outer-scope names
+                if a.type == onnx.AttributeProto.GRAPH:
+                    needed.update(i for n in a.g.node for i in n.input)
+    keep.reverse()
+    del g.node[:]
+    g.node.extend(keep)
+    inits = [t for t in g.initializer if t.name in needed]
+    del g.initializer[:]
+    g.initializer.extend(inits)
+    return model

@@ -19,7 +19,7 @@ from onnx import TensorProto, helper
 from .autodiff import add_gradients
 from .card import ModelCard
 from .errors import InputError, ModelError
-from .graph import Builder, GraphInfo, convert_opset, finish_model, infer_shapes, load_model
+from .graph import Builder, GraphInfo, convert_opset, finish_model, fold_constants, infer_shapes, load_model
 
 SEED = "nxrt_seed"
 SCORES = "nxrt_scores"
@@ -162,6 +162,7 @@ def augment(model: str | os.PathLike | onnx.ModelProto, wrt: Sequence[str] = (IN
     work.CopyFrom(proto)
     work = convert_opset(work)
     del work.graph.value_info[:]
+    work = fold_constants(work)
     if score is None:
         score = default_score_spec(work)
     wrt_names = _resolve_wrt(work, wrt)

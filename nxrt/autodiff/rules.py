@@ -863,12 +863,14 @@ def _slice(ctx, node, gy):
 def _pad(ctx, node, gy):
     x = node.input[0]
     mode = attr_str(node, "mode", "constant")
-    if mode != "constant":
-        raise unsupported(node, f"mode '{mode}' (only constant padding is differentiable here)")
     pads = attr(node, "pads") if ctx.info.opset < 11 else ctx.info.const(node.input[1])
     if pads is None:
         raise unsupported(node, "its pads are not constant")
     pads = list(np.asarray(pads).tolist())
+    if not any(pads):  # exporters emit zero pads (any mode) where sizes already agree
+        return [gy[0]] + [None] * (len(node.input) - 1)
+    if mode != "constant":
+        raise unsupported(node, f"mode '{mode}' with non-zero pads (only constant padding is differentiable)")
     rank = ctx.info.rank(x)
     axes = list(range(rank))
     if len(node.input) > 3 and node.input[3]:

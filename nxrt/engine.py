@@ -1,0 +1,95 @@
+"""onnxruntime sessions: provider choice, session options, and running the augmented graph."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+
+import numpy as np
+import onnx
+
+from .errors import InputError, ModelError
+from .graph import PROTOBUF_LIMIT, model_bytes, save_model
+
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+
+
+def resolve_providers(providers: str | Sequence[str] | None) -> list[str]:
+    """Map 'cpu' / 'cuda' / 'auto' / full provider names to an onnxruntime provider list.
+
+    'auto' picks CUDA only when a GPU is really usable (the onnxruntime-gpu wheel lists CUDA as
+    available even on machines without one, then logs a loud error); else CPU, quietly.
+    """
+    import onnxruntime as ort
+
+    if providers is None or providers == "auto":
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"] if cuda_usable() else ["CPUExecutionProvider"]
+    if isinstance(providers, str):
+        providers = [providers]
+    out = []
+    for p in providers:
+        name = PROVIDERS.get(p.lower(), p)
+        if name not in ort.get_available_providers():
+            raise InputError(f"provider '{p}' is not available in this onnxruntime "
+                             f"({', '.join(ort.get_available_providers())}); use --provider cpu")
+        if name == "CUDAExecutionProvider" and not cuda_usable():
+            raise InputError("provider 'cuda' was asked for but no usable CUDA GPU was found; use --provider cpu")
+        out.append(name)
+    if "CPUExecutionProvider" not in out:
+        out.append("CPUExecutionProvider")
+    return out
+
+
+def cuda_usable() -> bool:
+    """True when the CUDA provider can run here: a GPU device node and the CUDA runtime libraries."""
+    import ctypes
+    import glob
+
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        return False
+    if not glob.glob("/dev/nvidia[0-9]*") and os.name != "nt":
+        return False
+    for lib in ("libcublasLt.so.13", "libcublasLt.so.12", "libcudart.so.13", "libcudart.so.12"):
+        try:
+            ctypes.CDLL(lib)
+            return True
+        except OSError:
+            continue
+    return False
+
+
+def session_options(threads: int | None = None):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.intra_op_num_threads = threads or os.cpu_count() or 1
+    so.log_severity_level = 3
+    return so
+
+
+def make_session(model: onnx.ModelProto | str | os.PathLike, providers=None, threads: int | None = None):
+    """An InferenceSession for a ModelProto (any size) or a path."""
+    import onnxruntime as ort
+
+    prov = resolve_providers(providers)
+    so = session_options(threads)
+    try:
+        if isinstance(model, onnx.ModelProto):
+            if model_bytes(model) < PROTOBUF_LIMIT - (64 << 20):
+                return ort.InferenceSession(model.SerializeToString(), so, providers=prov)
+            with tempfile.TemporaryDirectory() as tmp:
+                path = save_model(model, os.path.join(tmp, "model.onnx"), external=True)
+                return ort.InferenceSession(str(path), so, providers=prov)
+        return ort.InferenceSession(str(model), so, providers=prov)
+    except Exception as exc:
+        if isinstance(exc, InputError):
+            raise
+        raise ModelError(f"onnxruntime cannot load the model: {str(exc).splitlines()[0]}") from exc
+
+
+def run(session, outputs: Sequence[str] | None, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    return session.run(list(outputs) if outputs else None, feeds)

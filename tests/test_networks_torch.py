@@ -1,0 +1,107 @@
+"""Whole torch networks, through both torch exporters: nxrt's gradient vs torch autograd in float64.
+
+Criterion (issue 2): ||nxrt - ref64|| / ||ref64|| <= max(1e-4, 2 x torch's own float32 error),
+where ref64 is torch autograd on the same model cast to float64. Deep normalised 3D nets are
+float32-limited; plain conv nets are held to 1e-4.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.nets import (export_torch, monai_nets, nxrt_grads, resnet2d, small_cnn2d, torch_input_grad)
+from tests.oracles import rel_err
+
+torch = pytest.importorskip("torch")
+
+
+def check_parity(module, xs, path, dynamo, task, target, dynamic_batch=False):
+    """Errors per input draw; the criterion holds for the median draw.
+
+    ReLU networks have gradient discontinuities: a float32 forward (torch's or onnxruntime's)
+    can land on the other side of a kink and flip one mask. Measured on SegResNet: moving the input
+    by 1e-6 (relative) changes the float64 gradient itself by 3e-3, and one unlucky draw out of six
+    gave 9.6e-3 for onnxruntime while torch float32 stayed at 7.8e-5 (the others: nxrt 7.7e-5 vs
+    torch 7.9e-5). The median of three draws is robust to one such flip and still fails for any
+    systematic error.
+    """
+    export_torch(module, torch.tensor(xs[0]), path, dynamo=dynamo, dynamic_batch=dynamic_batch)
+    errs, errs32 = [], []
+    for x in xs:
+        got = nxrt_grads(str(path), x, target, task)["input_grad"]
+        assert got.shape == x.shape
+        ref64 = torch_input_grad(module, x, target, task, torch.float64)
+        ref32 = torch_input_grad(module, x, target, task, torch.float32)
+        errs.append(rel_err(got, ref64))
+        errs32.append(rel_err(ref32, ref64))
+    err, err32 = float(np.median(errs)), float(np.median(errs32))
+    bound = max(1e-4, 2 * err32)
+    print(f"nxrt err {errs}  torch float32 err {errs32}  bound {bound:.2e}")
+    assert err <= bound, (errs, errs32)
+    return err, err32
+
+
+def draws(shape, n=3, seed=1):
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal(shape).astype(np.float32) for _ in range(n)]
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["legacy", "dynamo"])
+@pytest.mark.parametrize("name", ["unet", "dynunet", "segresnet", "basicunet"])
+def test_monai_segmentation_parity(name, dynamo, tmp_path):
+    torch.manual_seed(0)
+    module = monai_nets()[name]().eval()
+    check_parity(module, draws((1, 4, 32, 32, 32)), tmp_path / "model.onnx", dynamo, "segmentation", target=1)
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["legacy", "dynamo"])
+def test_resnet2d_classifier_parity_dynamic_batch(dynamo, tmp_path):
+    torch.manual_seed(0)
+    module = resnet2d().eval()
+    with torch.no_grad():  # non-trivial running statistics, so BatchNorm's inference form matters
+        for m in module.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    err, _ = check_parity(module, draws((2, 3, 64, 64), seed=2), tmp_path / "model.onnx", dynamo, "classification", target=1,
+                          dynamic_batch=True)
+    assert err < 1e-4
+
+
+def test_layer_gradient_matches_torch(tmp_path):
+    """d score / d A for an intermediate activation (what Grad-CAM needs)."""
+    torch.manual_seed(0)
+    module = small_cnn2d().eval()
+    x = np.random.default_rng(3).standard_normal((1, 3, 16, 16)).astype(np.float32)
+    path = export_torch(module, torch.tensor(x), tmp_path / "m.onnx", dynamo=False)
+    import onnx
+
+    last_conv = [n for n in onnx.load(path).graph.node if n.op_type == "Conv"][-1]
+    got = nxrt_grads(path, x, 2, "classification", layers=[last_conv.name])
+    layer = last_conv.output[0]
+    acts = {}
+    module64 = module.double()
+
+    def keep(mod, inputs, output):  # returns None, so the output is left as it is
+        output.retain_grad()
+        acts["a"] = output
+
+    module64[5].register_forward_hook(keep)
+    module64(torch.tensor(x, dtype=torch.float64))[:, 2].sum().backward()
+    assert rel_err(got[layer], acts["a"].detach().numpy()) < 1e-5
+    assert rel_err(got[f"nxrt_grad__{layer}"], acts["a"].grad.numpy()) < 1e-4
+
+
+def test_guided_mode_matches_captum_guided_backprop(tmp_path):
+    from captum.attr import GuidedBackprop
+
+    torch.manual_seed(0)
+    module = small_cnn2d().eval()
+    x = np.random.default_rng(4).standard_normal((2, 3, 16, 16)).astype(np.float32)
+    path = export_torch(module, torch.tensor(x), tmp_path / "m.onnx", dynamo=True)
+    got = nxrt_grads(path, x, 0, "classification", guided=True)["input_grad"]
+    want = GuidedBackprop(module).attribute(torch.tensor(x), target=0).detach().numpy()
+    assert rel_err(got, want) < 1e-4
+    plain = nxrt_grads(path, x, 0, "classification")["input_grad"]
+    assert rel_err(plain, want) > 0.1  # guided really differs from the plain gradient here
