@@ -88,6 +88,7 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, external: bool |
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    forced = external is True
     if external is None:
         external = model_bytes(model) > PROTOBUF_LIMIT - (64 << 20)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
@@ -97,7 +98,7 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, external: bool |
         copy = onnx.ModelProto()
         copy.CopyFrom(model)
         onnx.save_model(copy, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=tmp_data.name, size_threshold=1024)
+                        location=tmp_data.name, size_threshold=256 if forced else 1024)
         # the proto records the data file's name: rewrite it to the final name before renaming
         final = onnx.load(str(tmp), load_external_data=False)
         for tensor in onnx.external_data_helper._get_all_tensors(final):
@@ -105,7 +106,8 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, external: bool |
                 if entry.key == "location":
                     entry.value = data_name
         onnx.save_model(final, str(tmp))
-        os.replace(tmp_data, path.with_name(data_name))
+        if tmp_data.exists():
+            os.replace(tmp_data, path.with_name(data_name))
     else:
         onnx.save_model(model, str(tmp))
     os.replace(tmp, path)
