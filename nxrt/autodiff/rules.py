@@ -791,13 +791,24 @@ def _expand(ctx, node, gy):
 def _tile(ctx, node, gy):
     x = node.input[0]
     repeats = ctx.info.const(node.input[1])
-    shape = ctx.info.static_shape(x)
+    shape = ctx.info.shape(x)
     if repeats is None or shape is None:
-        raise unsupported(node, "needs constant repeats and a static input shape")
-    split = [v for r, d in zip(repeats.tolist(), shape, strict=True) for v in (r, d)]
-    g = ctx.op("Reshape", gy[0], ctx.ints(split))
-    return [ctx.op("Reshape", ctx.reduce("ReduceSum", g, list(range(0, 2 * len(shape), 2)), keepdims=False),
-                   ctx.ints(shape)), None]
+        raise unsupported(node, "needs constant repeats and a known input rank")
+    # view g as [r0, d0, r1, d1, ...] (axes repeated once keep a single dim) and sum the r axes
+    target, summed = [], []
+    for r, d in zip(repeats.tolist(), shape, strict=True):
+        if r != 1:
+            if not isinstance(d, int):
+                raise unsupported(node, "a repeated axis has no static size")
+            summed.append(len(target))
+            target.append(r)
+        target.append(d if isinstance(d, int) else -1)
+    if target.count(-1) > 1:
+        raise unsupported(node, "more than one axis without a static size")
+    g = ctx.op("Reshape", gy[0], ctx.ints(target))
+    if summed:
+        g = ctx.reduce("ReduceSum", g, summed, keepdims=False)
+    return [ctx.reshape_like(g, x), None]
 
 
 @vjp("Concat")

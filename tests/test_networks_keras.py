@@ -1,0 +1,133 @@
+"""Keras networks through tf2onnx (channels-last inputs behind Transposes) vs TF GradientTape.
+
+The reference is GradientTape on the same Keras architecture built in float64 with the same
+weights; the bound is max(1e-4, 2 x the float32 GradientTape's own error against it). A float32
+tape is no oracle for the 3D U-Net: moving its input by one ulp changes its own float32 gradient by
+4.8e-4 (measured). TF has no float64 MaxPool3D kernel, so the float64 twin pools by pairwise maxima.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from tests.nets import nxrt_grads
+from tests.oracles import rel_err
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+tf = pytest.importorskip("tensorflow")
+keras = pytest.importorskip("keras")
+tf2onnx = pytest.importorskip("tf2onnx")
+
+
+def resnet50_paper_head(size=64, dtype=None):
+    """ResNet50 + the NeuroXAI classifier head: AveragePooling2D, Flatten, Dense 256 relu, Dropout, Dense 2 softmax."""
+    base = keras.applications.ResNet50(include_top=False, weights=None, input_shape=(size, size, 3))
+    h = keras.layers.AveragePooling2D(pool_size=(size // 32, size // 32), dtype=dtype)(base.output)
+    h = keras.layers.Flatten(dtype=dtype)(h)
+    h = keras.layers.Dense(256, activation="relu", dtype=dtype)(h)
+    h = keras.layers.Dropout(0.5, dtype=dtype)(h)
+    out = keras.layers.Dense(2, activation="softmax", dtype=dtype)(h)
+    return keras.Model(base.input, out)
+
+
+def max_pool_2x(x):
+    """MaxPooling3D(2) as pairwise maxima of strided slices (TF's MaxPool3D has no float64 kernel)."""
+    x = keras.ops.maximum(x[:, 0::2], x[:, 1::2])
+    x = keras.ops.maximum(x[:, :, 0::2], x[:, :, 1::2])
+    return keras.ops.maximum(x[:, :, :, 0::2], x[:, :, :, 1::2])
+
+
+def unet3d(size=32, channels=4, classes=4, pool=None):
+    """A small 3D U-Net in the spirit of DeepSeg: two levels, BatchNorm, transposed-conv upsampling."""
+    pool = pool or (lambda: keras.layers.MaxPooling3D(2))
+    def block(x, f):
+        for _ in range(2):
+            x = keras.layers.Conv3D(f, 3, padding="same")(x)
+            x = keras.layers.BatchNormalization()(x)
+            x = keras.layers.Activation("relu")(x)
+        return x
+
+    inp = keras.Input((size, size, size, channels))
+    e1 = block(inp, 8)
+    e2 = block(pool()(e1), 16)
+    b = block(pool()(e2), 32)
+    d2 = block(keras.layers.Concatenate()([keras.layers.Conv3DTranspose(16, 2, strides=2)(b), e2]), 16)
+    d1 = block(keras.layers.Concatenate()([keras.layers.UpSampling3D(2)(d2), e1]), 8)
+    out = keras.layers.Conv3D(classes, 1, activation="softmax")(d1)
+    return keras.Model(inp, out)
+
+
+def randomise_batchnorm(model, rng):
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            gamma, beta, mean, var = layer.get_weights()
+            layer.set_weights([rng.uniform(0.5, 1.5, gamma.shape), rng.uniform(-0.2, 0.2, beta.shape),
+                               rng.uniform(-0.2, 0.2, mean.shape), rng.uniform(0.5, 2.0, var.shape)])
+
+
+def float64_twin(build, model32):
+    keras.config.set_dtype_policy("float64")
+    try:
+        model64 = build()
+    finally:
+        keras.config.set_dtype_policy("float32")
+    model64.set_weights([w.astype(np.float64) for w in model32.get_weights()])
+    assert all(w.dtype == "float64" for w in model64.weights)
+    return model64
+
+
+def tape_grad(model, x, target, task, dtype):
+    xt = tf.constant(x, dtype=dtype)
+    with tf.GradientTape() as tape:
+        tape.watch(xt)
+        y = model(xt, training=False)
+        score = tf.reduce_mean(y[..., target], axis=list(range(1, y.shape.rank - 1))) \
+            if task == "segmentation" else y[:, target]
+        total = tf.reduce_sum(score)
+    return tape.gradient(total, xt).numpy().astype(np.float64)
+
+
+def convert(model, path, shape):
+    spec = (tf.TensorSpec((None, *shape), tf.float32, name="input"),)
+    tf2onnx.convert.from_keras(model, input_signature=spec, opset=17, output_path=str(path))
+    return str(path)
+
+
+@pytest.mark.parametrize("name", ["resnet50_head", "unet3d"])
+def test_keras_parity(name, tmp_path):
+    rng = np.random.default_rng(0)
+    keras.utils.set_random_seed(0)
+    if name == "resnet50_head":
+        build, shape, task, target = resnet50_paper_head, (64, 64, 3), "classification", 1
+    else:
+        build, shape, task, target = unet3d, (32, 32, 32, 4), "segmentation", 2
+    model = build()
+    randomise_batchnorm(model, rng)
+    twin = build if name == "resnet50_head" else lambda: unet3d(pool=lambda: keras.layers.Lambda(max_pool_2x))
+    model64 = float64_twin(twin, model)
+    path = convert(model, tmp_path / "model.onnx", shape)
+    errs, errs32 = [], []
+    for k in range(3):  # median of three draws: see test_networks_torch.check_parity (ReLU kinks)
+        x = rng.standard_normal((2, *shape)).astype(np.float32)
+        got = nxrt_grads(path, x, target, task, layout="channels_last")["input_grad"]
+        assert got.shape == x.shape
+        ref32 = tape_grad(model, x, target, task, tf.float32)
+        ref64 = tape_grad(model64, x, target, task, tf.float64)
+        errs.append(rel_err(got, ref64))
+        errs32.append(rel_err(ref32, ref64))
+    bound = max(1e-4, 2 * float(np.median(errs32)))
+    print(f"{name}: nxrt {errs} tape32 {errs32} bound {bound:.2e}")
+    assert float(np.median(errs)) <= bound
+
+
+def test_channels_last_layout_is_inferred(tmp_path):
+    from nxrt.passes import default_score_spec
+    from nxrt.graph import load_model
+
+    keras.utils.set_random_seed(1)
+    path = convert(unet3d(16), tmp_path / "u.onnx", (16, 16, 16, 4))
+    spec = default_score_spec(load_model(path))
+    assert (spec.task, spec.layout) == ("segmentation", "channels_last")

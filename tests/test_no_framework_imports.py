@@ -1,0 +1,36 @@
+"""nxrt/ and plugins/ must run where no deep-learning framework is installed."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+BLOCKER = r'''
+import sys, importlib.abc
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {"torch", "tensorflow", "keras", "tf2onnx", "jax", "monai", "captum"}:
+            raise ImportError("blocked framework import: " + name)
+        return None
+sys.meta_path.insert(0, Block())
+import pkgutil, importlib, nxrt, nxrt.plugins
+for pkg in (nxrt, nxrt.plugins):
+    for mod in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + "."):
+        if not mod.name.startswith("nxrt.converters"):
+            importlib.import_module(mod.name)
+import numpy as np, onnx
+from onnx import helper, TensorProto
+g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+    [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])],
+    [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])])
+m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+nxrt.augment(m)
+from nxrt.cli import main
+print("ok", sorted(k for k in sys.modules if k.split(".")[0] in {"torch", "tensorflow", "keras"}))
+'''
+
+
+def test_runtime_imports_without_frameworks():
+    res = subprocess.run([sys.executable, "-c", BLOCKER], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "ok []"
