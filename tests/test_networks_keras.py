@@ -110,7 +110,7 @@ def test_keras_parity(name, tmp_path):
     model64 = float64_twin(twin, model)
     path = convert(model, tmp_path / "model.onnx", shape)
     errs, errs32 = [], []
-    for k in range(3):  # median of three draws: see test_networks_torch.check_parity (ReLU kinks)
+    for _ in range(3):  # median of three draws: see test_networks_torch.check_parity (ReLU kinks)
         x = rng.standard_normal((2, *shape)).astype(np.float32)
         got = nxrt_grads(path, x, target, task, layout="channels_last")["input_grad"]
         assert got.shape == x.shape
@@ -124,8 +124,8 @@ def test_keras_parity(name, tmp_path):
 
 
 def test_channels_last_layout_is_inferred(tmp_path):
-    from nxrt.passes import default_score_spec
     from nxrt.graph import load_model
+    from nxrt.passes import default_score_spec
 
     keras.utils.set_random_seed(1)
     path = convert(unet3d(16), tmp_path / "u.onnx", (16, 16, 16, 4))

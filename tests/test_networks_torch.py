@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.nets import (export_torch, monai_nets, nxrt_grads, resnet2d, small_cnn2d, torch_input_grad)
+from tests.nets import export_torch, monai_nets, nxrt_grads, resnet2d, small_cnn2d, torch_input_grad
 from tests.oracles import rel_err
 
 torch = pytest.importorskip("torch")
@@ -64,8 +64,8 @@ def test_resnet2d_classifier_parity_dynamic_batch(dynamo, tmp_path):
             if isinstance(m, torch.nn.BatchNorm2d):
                 m.running_mean.uniform_(-0.5, 0.5)
                 m.running_var.uniform_(0.5, 2.0)
-    err, _ = check_parity(module, draws((2, 3, 64, 64), seed=2), tmp_path / "model.onnx", dynamo, "classification", target=1,
-                          dynamic_batch=True)
+    err, _ = check_parity(module, draws((2, 3, 64, 64), seed=2), tmp_path / "model.onnx", dynamo,
+                          "classification", target=1, dynamic_batch=True)
     assert err < 1e-4
 
 

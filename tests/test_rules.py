@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from onnx import helper
-
 import scipy.special
+from onnx import helper
 
 from tests.oracles import fd_vjp, make_model, nxrt_vjp, ort_forward, reference_forward, rel_err
 
