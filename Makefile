@@ -21,7 +21,7 @@ $(VENV)/.runtime: $(BIN)/python pyproject.toml
 	touch $@
 
 lint: $(VENV)/.dev
-	$(BIN)/ruff check nxrt converters plugins tests benchmarks examples
+	$(BIN)/ruff check .
 
 test: lint
 	$(BIN)/python -m pytest -q tests

@@ -93,3 +93,53 @@ def make_session(model: onnx.ModelProto | str | os.PathLike, providers=None, thr
 
 def run(session, outputs: Sequence[str] | None, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
     return session.run(list(outputs) if outputs else None, feeds)
+
+
+def available_memory() -> int:
+    """Bytes of memory available to this process now (MemAvailable, capped by a cgroup limit)."""
+    avail = None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    avail = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = open(path).read().strip()
+            if text.isdigit():
+                limit = int(text)
+                avail = min(avail, limit) if avail else limit
+        except OSError:
+            continue
+    return avail or (4 << 30)
+
+
+def activation_bytes_per_sample(model: onnx.ModelProto) -> int:
+    """Sum of the sizes of every float tensor whose first axis is the batch axis, per sample.
+
+    An upper bound on what one more sample costs (onnxruntime reuses buffers, so the true peak is
+    lower). Tensors whose shape is not fully known past the batch axis are skipped.
+    """
+    from .graph import GraphInfo, infer_shapes
+
+    info = GraphInfo(infer_shapes(model))
+    total = 0
+    for name in info.value_info:
+        if name in info.initializers or not info.is_float(name):
+            continue
+        shape = info.shape(name)
+        if not shape or isinstance(shape[0], int) and shape[0] != 1:
+            continue  # no batch axis (weights-like tensors, shape arithmetic)
+        if any(not isinstance(d, int) for d in shape[1:]):
+            continue
+        total += 4 * int(np.prod(shape[1:], dtype=np.int64))
+    return max(total, 1)
+
+
+def auto_batch_size(model: onnx.ModelProto, budget: int | None = None, cap: int = 64) -> int:
+    """The largest batch whose estimated activations fit in half of the available memory."""
+    per_sample = activation_bytes_per_sample(model)
+    budget = budget if budget is not None else available_memory() // 2
+    return int(max(1, min(cap, budget // per_sample)))
