@@ -22,7 +22,7 @@ from .card import ModelCard
 from .engine import auto_batch_size, make_session, resolve_providers
 from .errors import InputError, ModelError
 from .graph import GraphInfo, infer_shapes, load_model
-from .passes import REGION, SCORES, SEED, ScoreSpec, grad_name
+from .passes import REGION, SCORES, SEED, grad_name
 from .postprocess import resize
 from .registry import get_method
 

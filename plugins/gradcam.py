@@ -137,7 +137,8 @@ class ActivationMaps(Method):
         if filters is not None:
             idx = [int(f) for f in filters]
             if any(not 0 <= f < acts.shape[1] for f in idx):
-                raise InputError(f"filters {idx}: layer '{tensor}' has {acts.shape[1]} filters (0..{acts.shape[1] - 1})")
+                n = acts.shape[1]
+                raise InputError(f"filters {idx}: layer '{tensor}' has {n} filters (0..{n - 1})")
             acts = acts[:, idx]
         ctx.info["layer"] = tensor
         return ctx.to_input_grid(acts.astype(np.float32), 1, interpolation)
