@@ -79,5 +79,18 @@ def augment(model: Path, out: Path, layers, guided: bool, target, task, layout, 
     click.echo(f"wrote {out} ({spec.task}, {spec.layout}); outputs: {outs}")
 
 
+@main.command("methods")
+def list_methods() -> None:
+    """List the registered explanation methods (built-ins and installed plugins)."""
+    from .registry import method_classes
+
+    classes = method_classes()
+    width = max((len(n) for n in classes), default=0)
+    for name in sorted(classes):
+        cls = classes[name]
+        alias = f" ({', '.join(cls.aliases)})" if cls.aliases else ""
+        click.echo(f"{name:<{width}}  {cls.summary}{alias}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

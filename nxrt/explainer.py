@@ -92,6 +92,7 @@ class Explainer:
         self.seed = seed
         self.threads = threads
         self._sessions: dict[tuple, Any] = {}
+        self._forward: dict[tuple, Any] = {}
         self._layers: list[str] = []
         self.info: dict[str, Any] = {}
         self.builds = 0  # augmented models built by this Explainer (the cache tests count these)
@@ -217,10 +218,9 @@ class Explainer:
         return proto
 
     def _forward_session(self, sample_shape: tuple):
-        key = ("forward", sample_shape)
-        if key not in self._sessions:
-            self._sessions[key] = make_session(self._fixed_model(sample_shape), self.providers, self.threads)
-        return self._sessions[key]
+        if sample_shape not in self._forward:
+            self._forward[sample_shape] = make_session(self._fixed_model(sample_shape), self.providers, self.threads)
+        return self._forward[sample_shape]
 
     def session(self, sample_shape: tuple, guided: bool, region_kind: str | None, layers: Sequence[str] = ()):
         """The cached session computing scores, the input gradient and the given layers' gradients."""
