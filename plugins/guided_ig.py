@@ -12,8 +12,11 @@ _TOL = 1e-9
 
 
 def _baseline_like(baseline, x: np.ndarray) -> np.ndarray:
-    """A scalar, or an array shaped like x or like one sample of x, as a float64 array shaped like x."""
-    b = np.asarray(baseline, dtype=np.float64)
+    """A scalar, or an array shaped like x or like one sample of x, as a float64 array shaped like x.
+
+    The values are rounded to float32 first, as the model would see them; then, for a float32 x, the
+    straight-line end point baseline + (x - baseline) * 1.0 is exactly x in float64."""
+    b = np.asarray(baseline, dtype=np.float32).astype(np.float64)
     if b.ndim == x.ndim - 1:
         b = b[None]
     try:
@@ -33,17 +36,18 @@ def _check(steps, fraction, max_dist) -> tuple[int, float, float]:
 
 
 class GuidedIG(Method):
-    """Guided IG attributes the score to the input by integrating gradient x displacement along an adaptive
-    path from the baseline to x instead of the straight line: at each of `steps` steps the L1 distance left
-    to x shrinks by 1/steps of the total, and the distance is covered by repeatedly moving the `fraction` of
-    the still-movable features with the smallest |gradient| (those that change the score least, so noisy
-    high-gradient features are crossed last, where the gradient has become small), while `max_dist` keeps
-    every feature's progress within +-max_dist of the straight-line schedule (0: plain IG with a left
-    Riemann sum; 1: unbounded). `baseline` is a scalar or an array shaped like x or like one sample.
-    Attributions sum to about F(x) - F(baseline). Steps are inherently sequential (each step's path
-    depends on the gradient at the previous point), so this method makes `steps` session calls of one
-    sample each and gains nothing from the batch size. Reference: PAIR saliency
-    `saliency.core.GuidedIG().GetMask` (0.2.1), which it reproduces, including its tie and quantile rules.
+    """Guided IG (Kapishnikov et al., CVPR 2021) attributes the score to the input by summing gradient x
+    displacement along an adaptive path from the baseline to x rather than the straight line: each of `steps`
+    steps cuts the L1 distance left to x by 1/steps of the total, covering it by repeatedly moving the
+    movable features with the smallest |gradient| (those whose change affects the score least, so noisy
+    high-gradient features are crossed late, once their gradient has settled); the cut-off is the `fraction`
+    quantile of |gradient| over all features. `max_dist` keeps each feature within +-max_dist of its
+    straight-line progress (0: plain IG, left Riemann sum; 1: unbounded path). `baseline` is a scalar or an
+    array shaped like x or like one sample. The attributions sum to F(x) - F(baseline) only up to a Riemann
+    error that grows as the path bends (raise `steps`). Steps are inherently sequential, since each step's
+    path depends on the gradient at the point the previous one reached, so the method makes `steps`
+    session calls of one sample each and gains nothing from the batch size. Reference: PAIR saliency
+    0.2.1 `saliency.core.GuidedIG().GetMask`, reproduced including its quantile and tie rules.
     """
 
     name = "guided_ig"

@@ -3,7 +3,8 @@
 The reference gets its gradients from torch autograd on the same torch model that was exported to
 ONNX. Both sides evaluate float32 gradients, so tiny differences can flip which features tie at the
 per-sub-step |gradient| cut-off and the paths drift apart a little; hence a correlation criterion
-(Pearson >= 0.99 on the flattened attributions) rather than an elementwise tolerance.
+(Pearson >= 0.99 on the flattened attributions) plus a loose relative L2 error, rather than an
+elementwise tolerance. (Measured: the two agree to ~1e-7 relative, so no flip happens here.)
 """
 
 from __future__ import annotations
@@ -103,9 +104,14 @@ def test_matches_pair_reference(setup, pair_quantile, setting):
     assert got.shape == x.shape and got.dtype == np.float32
     assert np.all(np.isfinite(got))
     r = float(np.corrcoef(got.ravel(), ref.ravel())[0, 1])
-    print(f"{setting}: pearson {r:.6f}  nxrt {t1 - t0:.2f}s  PAIR {t2 - t1:.2f}s")
+    err = float(np.linalg.norm(got - ref) / np.linalg.norm(ref))
+    print(f"{setting}: 1 - pearson {1 - r:.1e}  rel err {err:.1e}  nxrt {t1 - t0:.2f}s  PAIR {t2 - t1:.2f}s")
     assert r >= 0.99, r
-    # completeness holds for both up to the Riemann error; their sums must agree closely too
+    # Measured: rel err ~1e-7 (float32 gradients). 1e-2 tolerates a few tie flips at the cut-off, yet rejects
+    # plain IG, which reaches r = 0.992 against the "defaults" setting's short max_dist=0.02 corridor.
+    assert err <= 1e-2, err
+    # the totals agree too (each is F(x) - F(baseline) only up to a coarse Riemann error: with 64 steps
+    # and max_dist=1 the sum is a third of the score change, as in PAIR)
     assert abs(got.sum() - ref.sum()) <= 0.05 * abs(ref).sum()
 
 
@@ -131,3 +137,31 @@ def test_bad_parameters(setup, params):
     _, x, explainer = setup
     with pytest.raises(InputError):
         explainer.explain(x, "guided_ig", target=TARGET, **params)
+
+
+def test_rounding_cannot_stall_the_last_step():
+    """When baseline + (x - baseline) * 1.0 misses x by rounding (here a float64 x, far from the baseline,
+    given to the method directly) and the misses sum past the 1e-9 L1 tolerance, PAIR 0.2.1 loops forever
+    in its last step: every feature sits at its ceiling and nothing is left to select. nxrt must stop."""
+    import threading
+
+    from nxrt.plugins.guided_ig import GuidedIG
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1e7, (1, 1000))
+    base = rng.uniform(0, 1e7, (1, 1000)).astype(np.float32).astype(np.float64)
+    assert np.abs(base + (x - base) * 1.0 - x).sum() > 1e-8  # the premise: the end point is off by rounding
+    g = np.linspace(-1, 1, 1000, dtype=np.float32)
+
+    class Ctx:  # a linear "model": constant gradient
+        def gradient(self, xs, target):
+            return np.broadcast_to(g, xs.shape).copy()
+
+    out = {}
+    worker = threading.Thread(target=lambda: out.update(attr=GuidedIG().explain(Ctx(), x, [0], 8, 0.25, 0.02, base)),
+                              daemon=True)
+    worker.start()
+    worker.join(timeout=30)
+    assert not worker.is_alive(), "guided_ig stalled in its last step"
+    # a linear model: the attributions sum to F(x) - F(baseline) exactly, whatever the path
+    np.testing.assert_allclose(out["attr"].sum(), ((x - base) * g).sum(), rtol=1e-5)
