@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 TARGET = 1  # the output channel whose spatial mean is the score
 
@@ -106,7 +108,7 @@ def main() -> None:
                 results[tool].append(res)
                 print(f"round {r + 1}: {tool:12s} {res['seconds']:.3f} s  peak RSS {res['peak_rss_mb']:.0f} MB",
                       flush=True)
-    med = {t: sorted(x["seconds"] for x in v)[len(v) // 2] for t, v in results.items()}
+    med = {t: float(np.median([x["seconds"] for x in v])) for t, v in results.items()}
     rss = {t: max(x["peak_rss_mb"] for x in v) for t, v in results.items()}
     table = report(args, med, rss)
     print(table)

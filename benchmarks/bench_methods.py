@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_gradient import TARGET, build_dynunet  # noqa: E402
 
@@ -152,7 +154,7 @@ def report(args, methods, results) -> str:
     import onnxruntime
     import torch
 
-    med = {k: sorted(r["seconds"] for r in v)[len(v) // 2] for k, v in results.items()}
+    med = {k: float(np.median([r["seconds"] for r in v])) for k, v in results.items()}
     rss = {k: max(r["peak_rss_mb"] for r in v) for k, v in results.items()}
     lines = [
         f"MONAI DynUNet (16-32-64-128, instance norm), 1x4x{args.size}^3, score = spatial mean of channel {TARGET}; "

@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 
 import click
+import numpy as np
+import onnx
 
 from .errors import NxrtError
 
@@ -77,6 +79,240 @@ def augment(model: Path, out: Path, layers, guided: bool, target, task, layout, 
     save_model(result, out)
     outs = ", ".join(o.name for o in result.graph.output)
     click.echo(f"wrote {out} ({spec.task}, {spec.layout}); outputs: {outs}")
+
+
+METHOD_PARAMS = {  # CLI flag -> method parameter, passed to every method that has that parameter
+    "steps": "steps", "samples": "samples", "noise": "noise", "rule": "rule", "interpolation": "interpolation",
+    "layer": "layer", "baseline": "baseline", "kind": "kind", "seed": "seed",
+}
+
+
+def _method_params(methods, given: dict) -> dict:
+    from .registry import get_method
+
+    out = {}
+    for m in methods:
+        impl = get_method(m)
+        out[impl.name] = {k: v for k, v in given.items() if v is not None and k in impl.defaults}
+    return out
+
+
+def _parse_channels(pairs) -> dict[str, str]:
+    from .errors import InputError
+
+    out = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise InputError(f"--channel '{pair}' must be NAME=FILE, e.g. --channel flair=case_flair.nii.gz")
+        name, path = pair.split("=", 1)
+        out[name.strip()] = path.strip()
+    return out
+
+
+def _check_writable(out: Path) -> None:
+    import os
+    import tempfile
+
+    from .errors import InputError
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=out, prefix=".nxrt-write-test")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise InputError(f"output folder {out} is not writable ({exc.strerror}); choose another with -o") from None
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("cases", nargs=-1)
+@click.option("-m", "--method", "methods", multiple=True, help="Method (repeatable); default: vanilla and gradcam.")
+@click.option("-t", "--target", "targets", type=int, multiple=True,
+              help="Class / output channel (repeatable: scores summed); default: predicted class / all foreground.")
+@click.option("-o", "--output", "out", type=click.Path(file_okay=False, path_type=Path), default=Path("nxrt_out"),
+              show_default=True)
+@click.option("--channel", "channels", multiple=True, help="NAME=FILE for one modality (repeatable).")
+@click.option("--region", default=None, help="Segmentation score region: 'predicted' or a mask NIfTI file.")
+@click.option("--layer", default=None, help="Grad-CAM layer (ONNX tensor or node name).")
+@click.option("--steps", type=int, default=None, help="IG / guided IG steps.")
+@click.option("--samples", type=int, default=None, help="SmoothGrad samples.")
+@click.option("--noise", type=float, default=None, help="SmoothGrad noise level (fraction of the value range).")
+@click.option("--rule", default=None, help="IG quadrature rule.")
+@click.option("--interpolation", type=click.Choice(["linear", "nearest"]), default=None)
+@click.option("--task", type=click.Choice(["classification", "segmentation"]), default=None)
+@click.option("--layout", type=click.Choice(["channels_first", "channels_last"]), default=None)
+@click.option("--provider", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=None)
+@click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
+@click.option("--resume", is_flag=True, help="Skip cases whose outputs are complete.")
+def explain(model, cases, methods, targets, out, channels, region, layer, steps, samples, noise, rule,
+            interpolation, task, layout, provider, batch_size, overwrite, resume):
+    """Explain MODEL on each CASE and write maps that overlay the scan.
+
+    A CASE is a 4D NIfTI (channels last), a BraTS case folder or file prefix (2021 or 2023 names), or
+    the --channel NAME=FILE pairs. Outputs per case: OUT/<case>/<method>.nii.gz (raw, one volume per
+    channel), <method>_map.nii.gz (display map), prediction.nii.gz (segmentation), overview.png and
+    summary.json. Several cases: one model load, failures isolated, exit code = number of failed cases.
+    """
+    import time
+
+    from .errors import InputError, NxrtError
+    from .explainer import Explainer
+    from .imaging.cases import load_case
+    from .imaging.pipeline import case_finished, explain_case
+    from .registry import get_method
+
+    methods = list(methods) or ["vanilla", "gradcam"]
+    for m in methods:
+        get_method(m)  # unknown methods fail before any work
+    channel_files = _parse_channels(channels)
+    if not cases and not channel_files:
+        raise InputError("no CASE given; pass NIfTI files, BraTS case folders or --channel NAME=FILE pairs")
+    _check_writable(out)
+    ex = Explainer(model, task=task, layout=layout, providers=provider, batch_size=batch_size)
+    region_value = None
+    if region:
+        if region == "predicted":
+            region_value = "predicted"
+        else:
+            import nibabel as nib
+
+            if not Path(region).exists():
+                raise InputError(f"--region {region}: no such file; give 'predicted' or a mask NIfTI")
+            region_value = np.asarray(nib.load(region).dataobj) > 0
+    params = _method_params(methods, {"steps": steps, "samples": samples, "noise": noise, "rule": rule,
+                                      "interpolation": interpolation, "layer": layer})
+    items = [("--channel", None)] if channel_files and not cases else [(c, c) for c in cases]
+    results, started = [], time.perf_counter()
+    single = len(items) == 1
+    for k, (label, source) in enumerate(items, 1):
+        t0 = time.perf_counter()
+
+        def progress(method, k=k, label=label):
+            if single and not sys.stderr.isatty():
+                return  # one case into a pipe or a log: its error (if any) stays the only stderr line
+            elapsed = time.perf_counter() - started
+            left = elapsed / max(k - 1, 1) * (len(items) - k + 1) if k > 1 else None
+            eta = f", about {left:.0f} s left" if left else ""
+            click.echo(f"[{k}/{len(items)}] {Path(str(label)).name}: {method}{eta}", err=True)
+
+        try:
+            case = load_case(source, channels=ex.card.channels, channel_files=channel_files or None)
+            case_dir = out / case.name
+            if resume and case_finished(case_dir):
+                results.append((case.name, "skipped (finished)", 0.0))
+                continue
+            explain_case(ex, case, methods, out, target=list(targets) or None, region=region_value, params=params,
+                         overwrite=overwrite or (resume and case_dir.exists()), progress=progress)
+            results.append((case.name, "ok", time.perf_counter() - t0))
+        except NxrtError as exc:
+            if single:
+                raise
+            results.append((Path(str(label)).name, f"FAILED: {exc}", time.perf_counter() - t0))
+    failed = [r for r in results if r[1].startswith("FAILED")]
+    width = max(len(r[0]) for r in results)
+    for name, status, seconds in results:
+        click.echo(f"{name:<{width}}  {status}" + (f"  ({seconds:.1f} s)" if status == "ok" else ""))
+    click.echo(f"{len(results) - len(failed)} of {len(results)} case(s) done; outputs in {out}/")
+    if failed:
+        sys.exit(min(len(failed), 100))
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE",
+              help="Set a card field (task, layout, channels, labels, normalize, spatial_shape); repeatable.")
+def card(model: Path, assignments) -> None:
+    """Show the model card (nxrt.* metadata) of MODEL, or edit it with --set (written in place, atomically)."""
+    from .card import ModelCard
+    from .errors import InputError
+    from .graph import load_model, save_model
+
+    proto = load_model(model)
+    mc = ModelCard.from_model(proto)
+    if assignments:
+        for a in assignments:
+            if "=" not in a:
+                raise InputError(f"--set '{a}' must be KEY=VALUE, e.g. --set task=segmentation")
+            key, value = a.split("=", 1)
+            mc.set(key.strip(), value)
+        external = any(t.data_location == onnx.TensorProto.EXTERNAL
+                       for t in onnx.load(str(model), load_external_data=False).graph.initializer)
+        save_model(mc.write(proto), model, external=external or None)
+    props = mc.to_props()
+    if not props:
+        click.echo(f"{model}: no nxrt card (set one with --set task=... --set layout=...)")
+    for key, value in props.items():
+        click.echo(f"{key} = {value}")
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+def inspect(model: Path) -> None:
+    """Print MODEL's inputs, outputs, card, op coverage and candidate Grad-CAM layers."""
+    from collections import Counter
+
+    from .autodiff import RULES, ZERO_GRAD_OPS
+    from .explainer import load
+
+    m = load(model)
+    g = m.proto.graph
+    click.echo(f"model: {model} (opset {max(o.version for o in m.proto.opset_import if o.domain in ('', 'ai.onnx'))},"
+               f" {len(g.node)} nodes)")
+    for label, values in (("inputs", m.proto.graph.input), ("outputs", g.output)):
+        inits = {t.name for t in g.initializer}
+        for v in values:
+            if v.name not in inits:
+                shape = m.info.shape(v.name)
+                click.echo(f"{label[:-1]:7s} {v.name} {list(shape) if shape else '?'}")
+    props = m.card.to_props()
+    click.echo("card:   " + (", ".join(f"{k}={v}" for k, v in props.items()) or "none"))
+    ops = Counter(n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}.{n.op_type}" for n in g.node)
+    ok = sorted(o for o in ops if o in RULES or o in ZERO_GRAD_OPS)
+    bad = sorted(o for o in ops if o not in RULES and o not in ZERO_GRAD_OPS)
+    click.echo("differentiable ops: " + ", ".join(f"{o} x{ops[o]}" for o in ok))
+    click.echo("ops without a rule: " + (", ".join(f"{o} x{ops[o]}" for o in bad) or "none") +
+               (" (fine unless they lie on the gradient path)" if bad else ""))
+    layers = m.conv_layers()
+    click.echo(f"Grad-CAM layers ({len(layers)}; default the last): " + ", ".join(layers[-6:]) +
+               (f" (+{len(layers) - 6} earlier)" if len(layers) > 6 else ""))
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("case")
+@click.option("-o", "--output", "out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="PNG to write (default: <case>_layers.png).")
+@click.option("-t", "--target", "targets", type=int, multiple=True)
+@click.option("--orientation", type=click.Choice(["axial", "coronal", "sagittal"]), default="axial")
+@click.option("--overwrite", is_flag=True)
+def layers(model, case, out, targets, orientation, overwrite):
+    """Grad-CAM at every Conv layer of MODEL on CASE, one panel per layer (the paper's Fig. 5)."""
+    from .errors import InputError
+    from .explainer import Explainer
+    from .imaging import figures
+    from .imaging.cases import load_case
+    from .imaging.pipeline import model_spatial_shape
+    from .imaging.preprocess import prepare, to_image_channels_last
+    from .postprocess import display_map
+
+    ex = Explainer(model)
+    c = load_case(case, channels=ex.card.channels)
+    out = out or Path(f"{c.name}_layers.png")
+    if out.exists() and not overwrite:
+        raise InputError(f"{out} exists; pass --overwrite to replace it")
+    x, geometry = prepare(c.data, model_spatial_shape(ex), ex.layout, ex.card.normalize)
+    sweep = ex.explain(x, "layer_sweep", target=list(targets) or None)[0]
+    names = ex.info["layers"]
+    maps = to_image_channels_last(sweep, ex.layout, geometry)
+    maps = [display_map(maps[..., k:k + 1], channel_axis=-1) for k in range(len(names))]
+    tumour = c.seg > 0 if c.seg is not None else None
+    center = tuple(np.argwhere(tumour).mean(axis=0)) if tumour is not None and tumour.any() \
+        else tuple(s / 2 for s in c.spatial_shape)
+    bg = c.channels.index("flair") if "flair" in c.channels else 0
+    figures.layer_grid(out, c.data[..., bg], maps, names, center, orientation)
+    click.echo(f"wrote {out} ({len(names)} layers)")
 
 
 @main.command("methods")

@@ -1,0 +1,179 @@
+"""Reading cases: 4D NIfTI, BraTS 2021/2023 folders or prefixes, explicit channel files.
+
+A case is plain data (nibabel in, numpy out): the channels stacked last in the image's own voxel
+grid, with the affine and header of the first channel, the channel names, and the optional
+ground-truth segmentation. Nothing here knows about models.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError
+
+#: BraTS file suffixes per modality, 2021 naming then 2023 naming
+BRATS_SUFFIXES = {
+    "flair": ("_flair", "-t2f"),
+    "t1": ("_t1", "-t1n"),
+    "t1ce": ("_t1ce", "-t1c"),
+    "t2": ("_t2", "-t2w"),
+    "seg": ("_seg", "-seg"),
+}
+NIFTI_EXTS = (".nii.gz", ".nii")
+DEFAULT_CHANNELS = ("flair", "t1", "t1ce", "t2")
+
+
+@dataclass
+class Case:
+    """One subject: data [X, Y, Z, C] float32 in the image grid, and where it came from."""
+
+    name: str
+    data: np.ndarray
+    affine: np.ndarray
+    header: object
+    channels: list[str]
+    sources: list[str]
+    seg: np.ndarray | None = None
+    seg_source: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def spatial_shape(self) -> tuple[int, ...]:
+        return tuple(self.data.shape[:-1])
+
+
+def strip_nifti(name: str) -> str:
+    for ext in NIFTI_EXTS:
+        if name.endswith(ext):
+            return name[: -len(ext)]
+    return name
+
+
+def _load_nifti(path: Path):
+    import nibabel as nib
+
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
+    if not any(path.name.endswith(e) for e in NIFTI_EXTS):
+        raise InputError(f"{path}: not a NIfTI file (.nii or .nii.gz); convert it first (e.g. dcm2niix)")
+    try:
+        img = nib.load(str(path))
+        data = np.asanyarray(img.dataobj)
+    except Exception as exc:
+        raise InputError(f"{path}: cannot read it as NIfTI ({type(exc).__name__}: {exc}); is the file complete?") \
+            from None
+    return img, data
+
+
+def _find(stem: Path, suffixes: Sequence[str]) -> Path | None:
+    for suffix in suffixes:
+        for ext in NIFTI_EXTS:
+            candidate = stem.parent / f"{stem.name}{suffix}{ext}"
+            if candidate.exists():
+                return candidate
+    return None
+
+
+def _brats_stem(path: Path) -> Path | None:
+    """The file prefix of a BraTS case given its folder or its prefix (e.g. .../BraTS2021_00000)."""
+    if path.is_dir():
+        for f in sorted(path.iterdir()):
+            m = re.match(r"(.+?)(_flair|_t1ce|_t1|_t2|_seg|-t2f|-t1n|-t1c|-t2w|-seg)\.nii(\.gz)?$", f.name)
+            if m:
+                return path / m.group(1)
+        return None
+    return path if not path.exists() or not path.is_file() else None
+
+
+def load_case(source: str | Path | None = None, channels: Sequence[str] | None = None,
+              channel_files: dict[str, str] | None = None, name: str | None = None) -> Case:
+    """Read a case from a 4D NIfTI, a BraTS folder/prefix, or explicit {channel: file} pairs.
+
+    channels: the order the model wants (the card's `nxrt.channels`; default flair,t1,t1ce,t2 for
+    BraTS inputs). All channels must share shape and affine.
+    """
+    if channel_files:
+        order = list(channels) if channels else list(channel_files)
+        missing = [c for c in order if c not in channel_files]
+        if missing:
+            raise InputError(f"--channel is missing {', '.join(missing)}; the model wants {', '.join(order)}")
+        paths = [Path(channel_files[c]) for c in order]
+        seg = Path(channel_files["seg"]) if "seg" in channel_files else None
+        return _stack(name or strip_nifti(paths[0].name), order, paths, seg)
+    if source is None:
+        raise InputError("no case given; pass a NIfTI file, a BraTS case folder/prefix or --channel NAME=FILE")
+    path = Path(source)
+    if path.is_file():
+        img, data = _load_nifti(path)
+        if data.ndim == 4:
+            return _from_4d(path, img, data, channels, name)
+        if data.ndim == 3:
+            if channels and len(channels) > 1:
+                raise InputError(f"{path}: a single 3D volume, but the model wants {len(channels)} channels "
+                                 f"({', '.join(channels)}); give a 4D NIfTI, a BraTS folder or --channel pairs")
+            return _stack(name or strip_nifti(path.name), list(channels or ["image"]), [path], None)
+        raise InputError(f"{path}: a {data.ndim}D image; expected 3D (one channel) or 4D (channels last)")
+    stem = _brats_stem(path)
+    if stem is None or (not path.exists() and not stem.parent.exists()):
+        raise InputError(f"{path}: no such file or folder")
+    order = list(channels) if channels else list(DEFAULT_CHANNELS)
+    found, missing = [], []
+    for c in order:
+        f = _find(stem, BRATS_SUFFIXES.get(c.lower(), (f"_{c}", f"-{c}")))
+        (found if f else missing).append(f or c)
+    if missing and not path.exists() and len(missing) == len(order):
+        raise InputError(f"{path}: no such file, folder or BraTS case prefix")
+    if missing:
+        raise InputError(f"{path}: missing modality {', '.join(missing)} (looked for {stem.name}_<name>.nii.gz "
+                         "and BraTS 2023 names -t2f/-t1n/-t1c/-t2w); give it with --channel NAME=FILE")
+    return _stack(name or stem.name, order, found, _find(stem, BRATS_SUFFIXES["seg"]))
+
+
+def _from_4d(path: Path, img, data: np.ndarray, channels, name) -> Case:
+    n = data.shape[-1]
+    if channels and len(channels) != n:
+        raise InputError(f"{path}: has {n} channels (last axis) but the model wants {len(channels)} "
+                         f"({', '.join(channels)})")
+    arr = np.asarray(data, dtype=np.float32)
+    _check_finite(arr, path)
+    return Case(name or strip_nifti(path.name), arr, img.affine.copy(), img.header.copy(),
+                list(channels) if channels else [f"c{i}" for i in range(n)], [str(path)])
+
+
+def _check_finite(arr: np.ndarray, path) -> None:
+    if not np.all(np.isfinite(arr)):
+        bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
+        raise InputError(f"{path}: {bad} NaN/Inf voxel(s); fix the volume (nxrt does not guess values)")
+
+
+def _stack(name: str, order: list[str], paths: list[Path], seg: Path | None) -> Case:
+    volumes, ref = [], None
+    for c, p in zip(order, paths, strict=True):
+        img, data = _load_nifti(Path(p))
+        if data.ndim != 3:
+            raise InputError(f"{p}: channel '{c}' is {data.ndim}D; each channel file must be a 3D volume")
+        if ref is None:
+            ref = (img, data.shape, p)
+        else:
+            if data.shape != ref[1]:
+                raise InputError(f"{p}: shape {data.shape} differs from {ref[2]} {ref[1]}; all channels must share "
+                                 "one voxel grid (resample them first)")
+            if not np.allclose(img.affine, ref[0].affine, atol=1e-4):
+                raise InputError(f"{p}: affine differs from {ref[2]}; all channels must share one voxel grid "
+                                 "(register/resample them first)")
+        arr = np.asarray(data, dtype=np.float32)
+        _check_finite(arr, p)
+        volumes.append(arr)
+    seg_data = None
+    if seg is not None:
+        img, data = _load_nifti(Path(seg))
+        if data.shape != ref[1]:
+            raise InputError(f"{seg}: segmentation shape {data.shape} differs from the images {ref[1]}")
+        seg_data = np.asarray(data).astype(np.int16)
+    return Case(name, np.stack(volumes, axis=-1), ref[0].affine.copy(), ref[0].header.copy(), list(order),
+                [str(p) for p in paths], seg_data, str(seg) if seg else None)

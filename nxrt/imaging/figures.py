@@ -1,0 +1,97 @@
+"""Pictures: the overview (methods side by side on three orthogonal slices) and the layer sweep."""
+
+from __future__ import annotations
+
+import numpy as np
+
+ORIENTATIONS = ("axial", "coronal", "sagittal")
+
+
+def _slice(vol: np.ndarray, orientation: str, index) -> np.ndarray:
+    x, y, z = (int(round(v)) for v in index)
+    if orientation == "axial":
+        s = vol[:, :, z]
+    elif orientation == "coronal":
+        s = vol[:, y, :]
+    else:
+        s = vol[x, :, :]
+    return np.rot90(s)  # radiological display: superior / anterior up
+
+
+def _window(vol: np.ndarray) -> tuple[float, float]:
+    vals = vol[vol != 0] if np.any(vol != 0) else vol.ravel()
+    lo, hi = np.percentile(vals, [1, 99]) if vals.size else (0.0, 1.0)
+    return float(lo), float(hi if hi > lo else lo + 1)
+
+
+def overview(path, background: np.ndarray, maps: dict[str, np.ndarray], center, title: str = "",
+             contour: np.ndarray | None = None) -> None:
+    """Rows: methods; columns: axial, coronal, sagittal slices through `center` (voxel index).
+
+    background: [X, Y, Z] (a modality); maps: {method: [X, Y, Z] display map in 0..1}; contour:
+    optional tumour mask outlined on every panel. Written atomically as PNG.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .writer import atomic_path
+
+    rows = max(1, len(maps))
+    fig, axes = plt.subplots(rows, 3, figsize=(9.6, 3.1 * rows + 0.5), squeeze=False)
+    lo, hi = _window(background)
+    image = None
+    for r, (name, m) in enumerate(maps.items()):
+        for c, orient in enumerate(ORIENTATIONS):
+            ax = axes[r, c]
+            ax.imshow(_slice(background, orient, center), cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
+            overlay = np.ma.masked_less_equal(_slice(m, orient, center), 0.05)
+            image = ax.imshow(overlay, cmap="jet", vmin=0, vmax=1, alpha=0.55, interpolation="nearest")
+            if contour is not None and np.any(contour):
+                ax.contour(_slice(contour.astype(float), orient, center), levels=[0.5], colors="white",
+                           linewidths=0.8)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(orient, fontsize=10)
+            if c == 0:
+                ax.set_ylabel(name, fontsize=10)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.tight_layout(rect=(0, 0, 0.9, 0.97 if title else 1))
+    if image is not None:
+        cax = fig.add_axes((0.92, 0.15, 0.02, 0.7))
+        fig.colorbar(image, cax=cax, label="attribution (0..1, 99th percentile)")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=90, format="png")
+    plt.close(fig)
+
+
+def layer_grid(path, background: np.ndarray, maps: list[np.ndarray], names: list[str], center,
+               orientation: str = "axial") -> None:
+    """One panel per layer (the paper's Fig. 5): the same slice, each layer's Grad-CAM over the scan."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .writer import atomic_path
+
+    n = len(maps)
+    cols = min(6, n)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.4 * rows), squeeze=False)
+    lo, hi = _window(background)
+    for k, ax in enumerate(axes.ravel()):
+        ax.axis("off")
+        if k >= n:
+            continue
+        ax.imshow(_slice(background, orientation, center), cmap="gray", vmin=lo, vmax=hi)
+        ax.imshow(np.ma.masked_less_equal(_slice(maps[k], orientation, center), 0.05), cmap="jet", vmin=0,
+                  vmax=1, alpha=0.55)
+        ax.set_title(f"{k + 1}. {names[k][-24:]}", fontsize=7)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=90, format="png")
+    plt.close(fig)

@@ -1,0 +1,180 @@
+"""One case end to end: load, preprocess, explain with each method, write every output.
+
+All files of a case are first written into a hidden staging folder beside the final one, which is
+renamed into place at the end: a case either has all its outputs or none.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError
+from ..postprocess import display_map
+from . import figures
+from .cases import Case
+from .preprocess import prepare, to_image_channels_last
+from .writer import save_json, save_nifti
+
+SUMMARY = "summary.json"
+
+
+def model_spatial_shape(explainer) -> tuple[int, ...] | None:
+    """The model's spatial input shape: static ONNX input dims, else the card's nxrt.spatial_shape."""
+    shape = explainer.model.input_shape
+    spatial = shape[2:] if explainer.layout == "channels_first" else shape[1:-1]
+    if spatial and all(isinstance(d, int) and d > 0 for d in spatial):
+        return tuple(spatial)
+    if explainer.card.spatial_shape:
+        return tuple(explainer.card.spatial_shape)
+    return None
+
+
+def model_channels(explainer) -> int | None:
+    shape = explainer.model.input_shape
+    if not shape:
+        return None
+    c = shape[1] if explainer.layout == "channels_first" else shape[-1]
+    return c if isinstance(c, int) else None
+
+
+def case_finished(out_dir: Path) -> bool:
+    return (out_dir / SUMMARY).exists()
+
+
+def explain_case(explainer, case: Case, methods: Sequence[str], out_root: Path, target=None, region=None,
+                 params: dict | None = None, overwrite: bool = False, progress=None) -> dict:
+    """Explain `case` with every method and write OUT/<case>/... ; returns the summary dict."""
+    final = Path(out_root) / case.name
+    if final.exists() and not overwrite:
+        raise InputError(f"{final} exists; pass --overwrite to replace it or --resume to skip finished cases")
+    timings = {}
+    t0 = time.perf_counter()
+    want = model_channels(explainer)
+    if want is not None and case.data.shape[-1] != want:
+        raise InputError(f"case '{case.name}' has {case.data.shape[-1]} channels but the model input takes {want}")
+    x, geometry = prepare(case.data, model_spatial_shape(explainer), explainer.layout, explainer.card.normalize)
+    timings["load_and_preprocess_s"] = time.perf_counter() - t0
+    stage = Path(out_root) / f".{case.name}.partial{os.getpid()}"
+    if stage.exists():
+        shutil.rmtree(stage)
+    stage.mkdir(parents=True)
+    try:
+        summary = _run(explainer, case, methods, x, geometry, stage, target, region, params or {}, timings, progress)
+        _commit(stage, final)
+    finally:
+        if stage.exists():
+            shutil.rmtree(stage, ignore_errors=True)
+    return summary
+
+
+def _commit(stage: Path, final: Path) -> None:
+    old = None
+    if final.exists():
+        old = final.with_name(f".{final.name}.old{os.getpid()}")
+        os.replace(final, old)
+    os.replace(stage, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _run(explainer, case, methods, x, geometry, stage, target, region, params, timings, progress) -> dict:
+    scores = explainer.scores(x, region=region)
+    summary = {"case": case.name, "sources": case.sources, "channels": case.channels, "task": explainer.task,
+               "model_input_shape": list(x.shape), "image_shape": list(case.spatial_shape), "methods": {}}
+    pred_mask = None
+    if explainer.task == "segmentation":
+        t = time.perf_counter()
+        out = explainer.predict(x)[0]
+        ch = 0 if explainer.layout == "channels_first" else -1
+        labels_model = np.argmax(out, axis=ch).astype(np.int16)
+        values = explainer.card.extra.get("label_values")
+        if values:
+            lut = np.array([int(v) for v in values.split(",")], np.int16)
+            labels_model = lut[labels_model]
+        labels = geometry.to_image(labels_model)
+        save_nifti(stage / "prediction.nii.gz", labels, case.affine, case.header)
+        pred_mask = labels > 0
+        counts = {int(v): int(n) for v, n in zip(*np.unique(labels, return_counts=True), strict=True)}
+        summary["prediction"] = {"voxels_per_label": counts, "label_names": explainer.card.labels}
+        timings["prediction_s"] = time.perf_counter() - t
+    else:
+        probs = scores[0]
+        names = explainer.card.labels or [str(i) for i in range(len(probs))]
+        summary["prediction"] = {"class": int(np.argmax(probs)), "label": names[int(np.argmax(probs))]
+                                 if len(names) == len(probs) else str(int(np.argmax(probs)))}
+    summary["scores"] = [float(s) for s in scores[0]]
+    brain = np.any(case.data != 0, axis=-1)
+    maps = {}
+    for method in methods:
+        if progress:
+            progress(method)
+        t = time.perf_counter()
+        attr = explainer.explain(x, method, target=target, region=region, **params.get(method, {}))
+        seconds = time.perf_counter() - t
+        info = dict(explainer.info)
+        t = time.perf_counter()
+        image_attr = to_image_channels_last(attr[0], explainer.layout, geometry).astype(np.float32)
+        name = info["method"]
+        save_nifti(stage / f"{name}.nii.gz", image_attr, case.affine, case.header)
+        dmap = display_map(image_attr, channel_axis=-1)
+        save_nifti(stage / f"{name}_map.nii.gz", dmap, case.affine, case.header)
+        maps[name] = dmap
+        entry = {"target": info["targets"][0], "params": _plain(info["params"]), "seconds": round(seconds, 4),
+                 "write_seconds": round(time.perf_counter() - t, 4),
+                 "centroid_mm": _centroid_mm(np.abs(image_attr).sum(-1), case.affine)}
+        if "layer" in info:
+            entry["layer"] = info["layer"]
+        total = float(np.abs(image_attr).sum())
+        if pred_mask is not None and total > 0:
+            entry["share_in_predicted_tumour"] = float(np.abs(image_attr)[pred_mask].sum() / total)
+        if case.seg is not None and total > 0:
+            entry["share_in_true_tumour"] = float(np.abs(image_attr)[case.seg > 0].sum() / total)
+            entry["true_tumour_share_of_brain"] = float((case.seg > 0).sum() / max(1, brain.sum()))
+        summary["methods"][name] = entry
+    t = time.perf_counter()
+    center = _figure_center(case, pred_mask, maps)
+    bg = case.channels.index("flair") if "flair" in case.channels else 0
+    contour = case.seg > 0 if case.seg is not None else pred_mask
+    figures.overview(stage / "overview.png", case.data[..., bg], maps, center,
+                     title=f"{case.name}: {explainer.task}, target {summary['methods'][next(iter(maps))]['target']}"
+                     if maps else case.name, contour=contour)
+    timings["figure_s"] = time.perf_counter() - t
+    summary["timings"] = {k: round(v, 4) for k, v in timings.items()}
+    save_json(stage / SUMMARY, summary)
+    return summary
+
+
+def _plain(params: dict) -> dict:
+    out = {}
+    for k, v in params.items():
+        out[k] = v.tolist() if isinstance(v, np.ndarray) and v.size <= 16 else \
+            (f"array{list(v.shape)}" if isinstance(v, np.ndarray) else v)
+    return out
+
+
+def _centroid_mm(weights: np.ndarray, affine: np.ndarray) -> list[float] | None:
+    total = float(weights.sum())
+    if total <= 0:
+        return None
+    idx = np.indices(weights.shape).reshape(weights.ndim, -1)
+    ijk = (idx * weights.reshape(-1)).sum(axis=1) / total
+    return [round(float(v), 3) for v in (affine @ np.append(ijk, 1.0))[:3]]
+
+
+def _figure_center(case: Case, pred_mask, maps) -> tuple[float, ...]:
+    """Slices through the tumour (true, else predicted), else through the first map's centroid."""
+    for mask in (case.seg > 0 if case.seg is not None else None, pred_mask):
+        if mask is not None and mask.any():
+            return tuple(np.argwhere(mask).mean(axis=0))
+    if maps:
+        m = next(iter(maps.values()))
+        if m.sum() > 0:
+            idx = np.indices(m.shape).reshape(m.ndim, -1)
+            return tuple((idx * m.reshape(-1)).sum(axis=1) / m.sum())
+    return tuple(s / 2 for s in case.spatial_shape)
