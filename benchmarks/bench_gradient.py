@@ -142,10 +142,15 @@ def report(args, med, rss) -> str:
 
 
 def write_section(table: str) -> None:
+    write_section_named(table, "bench_gradient", "One gradient vs torch autograd (issue 2)")
+
+
+def write_section_named(table: str, key: str, title: str) -> None:
+    """Replace (or append) the marked section `key` of BENCHMARKS.md, atomically."""
     path = ROOT / "BENCHMARKS.md"
     text = path.read_text() if path.exists() else "# Benchmarks\n"
-    start, end = "<!-- bench_gradient:start -->", "<!-- bench_gradient:end -->"
-    block = f"{start}\n## One gradient vs torch autograd (issue 2)\n\n{table}\n{end}"
+    start, end = f"<!-- {key}:start -->", f"<!-- {key}:end -->"
+    block = f"{start}\n## {title}\n\n{table}\n{end}"
     if start in text:
         text = text[: text.index(start)] + block + text[text.index(end) + len(end):]
     else:

@@ -175,17 +175,9 @@ def report(args, methods, results) -> str:
 
 
 def write_section(table: str, key: str) -> None:
-    path = ROOT / "BENCHMARKS.md"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    start, end = f"<!-- {key}:start -->", f"<!-- {key}:end -->"
-    block = f"{start}\n## nxrt vs Captum, per method ({key.split('_')[-1]}^3)\n\n{table}\n{end}"
-    if start in text:
-        text = text[: text.index(start)] + block + text[text.index(end) + len(end):]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    from bench_gradient import write_section_named
+
+    write_section_named(table, key, f"nxrt vs Captum, per method ({key.split('_')[-1]}^3)")
 
 
 if __name__ == "__main__":

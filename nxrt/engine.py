@@ -68,6 +68,9 @@ def session_options(threads: int | None = None):
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.intra_op_num_threads = threads or os.cpu_count() or 1
     so.log_severity_level = 3
+    # Without the arena, freed activation/gradient buffers go back to the allocator: measured on a
+    # DynUNet gradient (batch 4, 64^3) peak RSS 1.1 GB instead of 1.9-2.3 GB, same speed within noise.
+    so.enable_cpu_mem_arena = False
     return so
 
 

@@ -1,0 +1,83 @@
+"""Where the time of `nxrt explain` goes on a BraTS-size case: I/O vs the explanation itself.
+
+A 240x240x155, 4-channel BraTS-style case (2021 names) is explained with the vanilla gradient by a
+MONAI DynUNet (16-32-64-128, instance norm) whose input is the centre 128^3 crop; the script reports
+loading + preprocessing, the explanation, and writing every output (NIfTI maps, prediction,
+overview.png, summary.json), from `summary.json`'s own timings and the wall clock.
+
+    .venv/bin/python benchmarks/bench_io.py
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_gradient import export  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        model = tmp / "dynunet.onnx"
+        export(model, 128)
+        subprocess.run([sys.executable, "-m", "nxrt.cli", "card", str(model), "--set", "task=segmentation",
+                        "--set", "channels=flair,t1,t1ce,t2", "--set", "normalize=zscore"], check=True,
+                       capture_output=True)
+        case = tmp / "BraTS2021_00000"
+        case.mkdir()
+        rng = np.random.default_rng(0)
+        brain = np.zeros((240, 240, 155), bool)
+        brain[40:200, 30:210, 10:145] = True
+        for name in ("flair", "t1", "t1ce", "t2"):
+            vol = np.where(brain, rng.uniform(100, 1000, brain.shape), 0).astype(np.float32)
+            nib.save(nib.Nifti1Image(vol, np.diag([1, 1, 1, 1.0])), str(case / f"BraTS2021_00000_{name}.nii.gz"))
+        out = tmp / "out"
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "nxrt.cli", "explain", str(model), str(case), "-m", "vanilla",
+                        "-o", str(out)], check=True)
+        wall = time.perf_counter() - t0
+        summary = json.loads((out / "BraTS2021_00000" / "summary.json").read_text())
+    t = summary["timings"]
+    explain_s = summary["methods"]["vanilla"]["seconds"]
+    io_s = t["load_and_preprocess_s"] + summary["methods"]["vanilla"]["write_seconds"] + t["figure_s"] + \
+        t.get("prediction_s", 0.0)
+    lines = [
+        "BraTS-size case 240x240x155x4 (gzip NIfTI, 2021 names) -> DynUNet on the centre 128^3 crop, vanilla "
+        f"gradient, {os.cpu_count()} threads.",
+        "",
+        "| stage | seconds | share of the explanation time |",
+        "|---|---|---|",
+        f"| load + preprocess (4 files, z-score, crop) | {t['load_and_preprocess_s']:.2f} | "
+        f"{t['load_and_preprocess_s'] / explain_s:.1%} |",
+        f"| vanilla gradient (the explanation) | {explain_s:.2f} | 100% |",
+        f"| prediction (forward, labels, write) | {t.get('prediction_s', 0.0):.2f} | "
+        f"{t.get('prediction_s', 0.0) / explain_s:.1%} |",
+        f"| write raw + display map NIfTI | {summary['methods']['vanilla']['write_seconds']:.2f} | "
+        f"{summary['methods']['vanilla']['write_seconds'] / explain_s:.1%} |",
+        f"| overview.png | {t['figure_s']:.2f} | {t['figure_s'] / explain_s:.1%} |",
+        f"| **all I/O and pre/post-processing** | **{io_s:.2f}** | **{io_s / explain_s:.1%}** |",
+        f"| whole `nxrt explain` command (incl. model load and session build) | {wall:.2f} | |",
+        "",
+        "Reproduce: `.venv/bin/python benchmarks/bench_io.py`.",
+    ]
+    table = "\n".join(lines)
+    print(table)
+    from bench_gradient import write_section_named
+
+    write_section_named(table, "bench_io", "Case I/O vs explanation time (issue 4)")
+
+
+if __name__ == "__main__":
+    main()

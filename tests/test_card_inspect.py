@@ -1,0 +1,94 @@
+"""`nxrt card`, `nxrt inspect`, `nxrt layers`, and explaining a model that has no card."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+
+from nxrt.card import ModelCard
+from tests.test_augment import tiny_classifier
+from tests.test_imaging_cli import MODEL_GRID, seg_model, write_case
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "nxrt.cli", *map(str, args)], capture_output=True, text=True)
+
+
+def test_card_set_validates_and_keeps_external_data(tmp_path):
+    path = tmp_path / "m.onnx"
+    onnx.save_model(tiny_classifier(), str(path), save_as_external_data=True, location="m.onnx.data",
+                    size_threshold=0)
+    res = run_cli("card", path, "--set", "task=classification", "--set", "labels=HGG,LGG",
+                  "--set", "spatial_shape=8x8")
+    assert res.returncode == 0, res.stderr
+    assert "nxrt.labels = HGG,LGG" in res.stdout and "nxrt.spatial_shape = 8,8" in res.stdout
+    assert (tmp_path / "m.onnx.data").exists()
+    model = onnx.load(str(path))  # loads the weights from m.onnx.data
+    card = ModelCard.from_model(model)
+    assert card.task == "classification" and card.labels == ["HGG", "LGG"] and card.spatial_shape == [8, 8]
+    assert np.asarray(onnx.numpy_helper.to_array(model.graph.initializer[0])).shape == (4, 3, 3, 3)
+    bad = run_cli("card", path, "--set", "task=regression")
+    assert bad.returncode == 2 and "nxrt.task: 'regression' is not one of classification, segmentation" in bad.stderr
+    assert ModelCard.from_model(onnx.load(str(path))).task == "classification"  # unchanged
+
+
+def test_inspect_reports_io_card_ops_and_layers(tmp_path):
+    path = tmp_path / "m.onnx"
+    model = tiny_classifier()
+    model.graph.node[1].op_type = "Det"  # an op without a rule
+    onnx.save_model(model, str(path))
+    res = run_cli("inspect", path)
+    assert res.returncode == 0, res.stderr
+    out = res.stdout
+    assert "input   x ['N', 3, 8, 8]" in out and "output  prob ['N', 2]" in out
+    assert "Conv x1" in out and "ops without a rule: Det x1" in out
+    assert "Grad-CAM layers (1; default the last): c" in out
+
+
+def test_layers_figure(tmp_path):
+    model = seg_model(tmp_path / "seg.onnx")
+    write_case(tmp_path / "case", "case")
+    out = tmp_path / "layers.png"
+    res = run_cli("layers", model, tmp_path / "case", "-o", out)
+    assert res.returncode == 0, res.stderr
+    import matplotlib.image as mpimg
+
+    img = mpimg.imread(str(out))
+    assert img.shape[0] > 150 and img.shape[1] > 150 and img[..., :3].std() > 0.05
+
+
+def test_explain_without_a_card(tmp_path):
+    """A plain ONNX model: task and layout inferred; otherwise the error names the flag."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.ones((2, 4, 1, 1, 1), np.float32), "W")
+    graph = helper.make_graph([helper.make_node("Conv", ["input", "W"], ["output"])], "g",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 4, *MODEL_GRID])],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 2, *MODEL_GRID])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path / "plain.onnx"
+    onnx.save_model(model, str(path))
+    write_case(tmp_path / "case", "case")
+    res = run_cli("explain", path, tmp_path / "case", "-m", "vanilla", "-o", tmp_path / "out")
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "out" / "case" / "prediction.nii.gz").exists()  # inferred: segmentation
+
+
+@pytest.mark.parametrize("shape", [["a", "b"]])
+def test_unknown_output_rank_asks_for_task(tmp_path, shape):
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Reshape", ["input", "s"], ["output"])], "g",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, shape),
+                               helper.make_tensor_value_info("s", TensorProto.INT64, [None])],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    path = tmp_path / "odd.onnx"
+    onnx.save_model(model, str(path))
+    res = run_cli("augment", path, "-o", tmp_path / "o.onnx")
+    assert res.returncode == 2 and "--task" in res.stderr
