@@ -18,6 +18,7 @@ import numpy as np
 import onnx
 
 from . import passes
+from .cache import cached
 from .card import ModelCard
 from .engine import auto_batch_size, make_session, resolve_providers
 from .errors import InputError, ModelError
@@ -233,7 +234,9 @@ class Explainer:
             if key[:4] == ("grad", sample_shape, guided, spec.key()) and set(want) <= set(have):
                 return sess
         self.builds += 1
-        aug = passes.augment(self._fixed_model(sample_shape), layers=want, guided=guided, score=spec)
+        fixed = self._fixed_model(sample_shape)
+        options = {"layers": list(want), "guided": guided, "score": list(spec.key())}
+        aug = cached(fixed, options, lambda: passes.augment(fixed, layers=want, guided=guided, score=spec))
         sess = make_session(aug, self.providers, self.threads)
         if self.batch_size is None:
             self.batch_size = auto_batch_size(aug)

@@ -26,6 +26,8 @@ SCORES = "nxrt_scores"
 REGION = "nxrt_region"
 GRAD_PREFIX = "nxrt_grad__"
 INPUT_ALIAS = "input"
+#: how many augmented models this process has built (the cache tests count pass invocations)
+BUILDS = 0
 
 
 def grad_name(tensor: str) -> str:
@@ -157,6 +159,8 @@ def augment(model: str | os.PathLike | onnx.ModelProto, wrt: Sequence[str] = (IN
     classification when the card is silent and the output has rank 2, else segmentation.
     The result passes onnx.checker (full check) and runs on onnxruntime's CPU provider.
     """
+    global BUILDS
+    BUILDS += 1
     proto = load_model(model)
     work = onnx.ModelProto()
     work.CopyFrom(proto)

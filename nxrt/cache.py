@@ -1,0 +1,123 @@
+"""On-disk cache of augmented models, keyed by (model content hash, pass options).
+
+Building an augmented model (opset conversion, folding, shape inference, the gradient pass,
+onnx.checker) costs seconds on a large network; the cache makes it a one-time cost per model and
+option set, across processes. Location: `$NXRT_CACHE` (or `~/.cache/nxrt`); `NXRT_CACHE=off`
+disables it.
+
+Entries are written to a unique temporary name and renamed into place (two processes racing on one
+entry both succeed; the last rename wins with an identical file). Each entry carries a sidecar
+with the SHA-256 of its bytes: an entry that is truncated, corrupted or unreadable is detected,
+removed and rebuilt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import onnx
+
+from .graph import PROTOBUF_LIMIT, model_bytes, save_model
+
+#: bump when the augmentation output changes, so old entries are not reused
+FORMAT = 1
+
+
+def cache_dir() -> Path | None:
+    value = os.environ.get("NXRT_CACHE", "")
+    if value.lower() in ("off", "0", "none", "disabled"):
+        return None
+    return Path(value) if value else Path.home() / ".cache" / "nxrt"
+
+
+def model_hash(model: onnx.ModelProto) -> str:
+    """SHA-256 of a model's content (works above 2 GiB: tensors are hashed one by one)."""
+    h = hashlib.sha256()
+    if model_bytes(model) < PROTOBUF_LIMIT - (64 << 20):
+        h.update(model.SerializeToString(deterministic=True))
+        return h.hexdigest()
+    skeleton = onnx.ModelProto()
+    skeleton.CopyFrom(model)
+    for t in skeleton.graph.initializer:
+        t.ClearField("raw_data")
+    h.update(skeleton.SerializeToString(deterministic=True))
+    for t in model.graph.initializer:
+        h.update(t.name.encode())
+        h.update(t.raw_data)
+    return h.hexdigest()
+
+
+def entry_key(model_digest: str, options: dict) -> str:
+    import onnxruntime
+
+    blob = json.dumps({"model": model_digest, "options": options, "format": FORMAT, "onnx": onnx.__version__,
+                       "ort": onnxruntime.__version__}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def load_entry(path: Path) -> onnx.ModelProto | None:
+    """The cached model at `path`, or None when it is missing or fails its checksum."""
+    meta = path.with_suffix(".json")
+    if not path.exists() or not meta.exists():
+        return None
+    try:
+        info = json.loads(meta.read_text())
+        if _file_digest(path) != info["sha256"]:
+            raise ValueError("checksum mismatch")
+        data = path.with_name(path.name + ".data")
+        if data.exists() and _file_digest(data) != info.get("data_sha256"):
+            raise ValueError("data checksum mismatch")
+        return onnx.load(str(path))
+    except Exception:
+        for p in (path, meta, path.with_name(path.name + ".data")):
+            try:
+                p.unlink()
+            except OSError:
+                pass
+        return None
+
+
+def store_entry(path: Path, model: onnx.ModelProto) -> None:
+    """Write atomically: model (+ external data) under temporary names, checksum sidecar, then rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".build-") as tmp:
+        tmp_model = save_model(model, Path(tmp) / path.name)
+        info = {"sha256": _file_digest(tmp_model)}
+        data = tmp_model.with_name(tmp_model.name + ".data")
+        if data.exists():
+            info["data_sha256"] = _file_digest(data)
+            os.replace(data, path.with_name(path.name + ".data"))
+        os.replace(tmp_model, path)
+        meta_tmp = Path(tmp) / "meta.json"
+        meta_tmp.write_text(json.dumps(info))
+        os.replace(meta_tmp, path.with_suffix(".json"))
+
+
+def cached(model: onnx.ModelProto, options: dict, build: Callable[[], onnx.ModelProto]) -> onnx.ModelProto:
+    """The augmented model for (model, options): from the disk cache, else built and stored."""
+    root = cache_dir()
+    if root is None:
+        return build()
+    path = root / f"{entry_key(model_hash(model), options)}.onnx"
+    hit = load_entry(path)
+    if hit is not None:
+        return hit
+    result = build()
+    try:
+        store_entry(path, result)
+    except OSError:
+        pass  # a read-only or full cache folder must not stop the explanation
+    return result
