@@ -121,15 +121,17 @@ def available_memory() -> int:
 
 
 def activation_bytes_per_sample(model: onnx.ModelProto) -> int:
-    """Sum of the sizes of every float tensor whose first axis is the batch axis, per sample.
+    """Estimated peak bytes one sample adds, from the graph's tensor sizes (shape inference).
 
-    An upper bound on what one more sample costs (onnxruntime reuses buffers, so the true peak is
-    lower). Tensors whose shape is not fully known past the batch axis are skipped.
+    Reverse mode keeps every forward tensor that a gradient node reads until the backward pass
+    reaches it; the rest of the forward and the gradients stream through a few buffers at a time
+    (onnxruntime reuses them). So: saved forward tensors + 3 x the largest tensor. Measured on a
+    DynUNet gradient at 128^3 this is within ~1.5x of the real peak RSS increase per sample.
     """
     from .graph import GraphInfo, infer_shapes
 
     info = GraphInfo(infer_shapes(model))
-    total = 0
+    sizes: dict[str, int] = {}
     for name in info.value_info:
         if name in info.initializers or not info.is_float(name):
             continue
@@ -138,12 +140,25 @@ def activation_bytes_per_sample(model: onnx.ModelProto) -> int:
             continue  # no batch axis (weights-like tensors, shape arithmetic)
         if any(not isinstance(d, int) for d in shape[1:]):
             continue
-        total += 4 * int(np.prod(shape[1:], dtype=np.int64))
-    return max(total, 1)
+        sizes[name] = 4 * int(np.prod(shape[1:], dtype=np.int64))
+    if not sizes:
+        return 1
+    saved = set()
+    for node in model.graph.node:
+        if node.name.startswith("nxrt_grad"):
+            saved.update(i for i in node.input if i in sizes and not i.startswith("nxrt_grad"))
+    return max(1, sum(sizes[t] for t in saved) + 3 * max(sizes.values()))
 
 
 def auto_batch_size(model: onnx.ModelProto, budget: int | None = None, cap: int = 64) -> int:
-    """The largest batch whose estimated activations fit in half of the available memory."""
+    """The largest batch whose estimated activations fit the budget (default: 70% of the free memory).
+
+    Raises InputError, with the estimate and the memory available, when not even one sample fits.
+    """
     per_sample = activation_bytes_per_sample(model)
-    budget = budget if budget is not None else available_memory() // 2
+    budget = budget if budget is not None else int(available_memory() * 0.7)
+    if per_sample > budget:
+        raise InputError(f"one sample needs about {per_sample / 2**30:.1f} GiB of activations and gradients, "
+                         f"but only {budget / 2**30:.1f} GiB are available; use a smaller input (crop) or a "
+                         "machine with more memory")
     return int(max(1, min(cap, budget // per_sample)))

@@ -90,6 +90,7 @@ class Explainer:
         if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
             raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.batch_size = batch_size
+        self._auto_batch = batch_size is None
         self.seed = seed
         self.threads = threads
         self._sessions: dict[tuple, Any] = {}
@@ -117,7 +118,7 @@ class Explainer:
     def predict(self, x: np.ndarray) -> np.ndarray:
         """The model's explained output (first graph output unless `output=` was given)."""
         x = self.check_input(x)
-        sess = self._forward_session(x.shape[1:])
+        sess = self.forward_session(x.shape[1:], None)
         name = self.spec.output or self.model.proto.graph.output[0].name
         return np.concatenate([sess.run([name], {self.model.input_name: c})[0] for c in self._chunks(x)], axis=0)
 
@@ -218,10 +219,18 @@ class Explainer:
             out.type.tensor_type.ClearField("shape")
         return proto
 
-    def _forward_session(self, sample_shape: tuple):
-        if sample_shape not in self._forward:
-            self._forward[sample_shape] = make_session(self._fixed_model(sample_shape), self.providers, self.threads)
-        return self._forward[sample_shape]
+    def forward_session(self, sample_shape: tuple, region_kind: str | None):
+        """The cached forward-only session: the model's outputs plus `nxrt_scores`, no gradients."""
+        key = (sample_shape, region_kind)
+        if key not in self._forward:
+            spec = replace(self.spec, region=region_kind)
+            model = passes.score_model(self._fixed_model(sample_shape), spec)
+            self._forward[key] = make_session(model, self.providers, self.threads)
+            if self.batch_size is None:
+                # a gradient holds about three times a forward's activations; the gradient session
+                # (which knows exactly) keeps this unless it was set explicitly
+                self.batch_size = max(1, auto_batch_size(model) // 3)
+        return self._forward[key]
 
     def session(self, sample_shape: tuple, guided: bool, region_kind: str | None, layers: Sequence[str] = ()):
         """The cached session computing scores, the input gradient and the given layers' gradients."""
@@ -238,7 +247,7 @@ class Explainer:
         options = {"layers": list(want), "guided": guided, "score": list(spec.key())}
         aug = cached(fixed, options, lambda: passes.augment(fixed, layers=want, guided=guided, score=spec))
         sess = make_session(aug, self.providers, self.threads)
-        if self.batch_size is None:
+        if self._auto_batch:  # the gradient graph's own activation sizes refine the forward's guess
             self.batch_size = auto_batch_size(aug)
         # a session exposing more layers supersedes the older ones: drop them (they hold memory)
         for key in [k for k, v in self._sessions.items()
@@ -276,7 +285,7 @@ class Context:
             else:
                 self._region_kind = "mask"
                 self._region_feed = self._region_array(region)
-        sess = explainer.session(sample_shape, False, self._region_kind)
+        sess = explainer.forward_session(sample_shape, self._region_kind)
         shape = next(o.shape for o in sess.get_outputs() if o.name == SCORES)
         self.num_scores = int(shape[1])
 
@@ -323,8 +332,8 @@ class Context:
 
     # -- evaluations
     def forward(self, xs: np.ndarray) -> np.ndarray:
-        """Scores [n, K] of a stack of inputs."""
-        sess = self._ex.session(self.sample_shape, False, self._region_kind)
+        """Scores [n, K] of a stack of inputs (forward passes only)."""
+        sess = self._ex.forward_session(self.sample_shape, self._region_kind)
         out = [sess.run([SCORES], self._feeds(sess, c, None))[0] for c in self._ex._chunks(xs.astype(np.float32))]
         return np.concatenate(out, axis=0)
 

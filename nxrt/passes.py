@@ -210,6 +210,20 @@ def augment(model: str | os.PathLike | onnx.ModelProto, wrt: Sequence[str] = (IN
     return work
 
 
+def score_model(model: str | os.PathLike | onnx.ModelProto, score: ScoreSpec) -> onnx.ModelProto:
+    """The model plus its score head and the `nxrt_scores` output, without any gradient: what
+    forward-only work (predictions, occlusion, IG completeness checks) runs on."""
+    work = onnx.ModelProto()
+    work.CopyFrom(load_model(model))
+    work = convert_opset(work)
+    del work.graph.value_info[:]
+    scores = _score_head(work, score)
+    if scores != SCORES:
+        _name_output(work, scores, SCORES)
+    work.graph.output.append(helper.make_tensor_value_info(SCORES, TensorProto.UNDEFINED, None))
+    return _finalise(work, [SCORES])
+
+
 def _finalise(model: onnx.ModelProto, new_outputs: list[str]) -> onnx.ModelProto:
     """Give the new outputs their inferred types and shapes; drop intermediate value_info."""
     inferred = GraphInfo(infer_shapes(model))
