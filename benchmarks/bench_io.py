@@ -64,7 +64,8 @@ def main() -> None:
         f"| load + preprocess (4 files, z-score, crop) | {t['load_and_preprocess_s']:.2f} | "
         f"{t['load_and_preprocess_s'] / explain_s:.1%} |",
         f"| vanilla gradient (the explanation) | {explain_s:.2f} | 100% |",
-        f"| prediction (forward, labels, write) | {t.get('prediction_s', 0.0):.2f} | "
+        f"| forward pass (scores + segmentation output) | {t['forward_s']:.2f} | {t['forward_s'] / explain_s:.1%} |",
+        f"| prediction labels (argmax, inverse crop, write) | {t.get('prediction_s', 0.0):.2f} | "
         f"{t.get('prediction_s', 0.0) / explain_s:.1%} |",
         f"| write raw + display map NIfTI | {summary['methods']['vanilla']['write_seconds']:.2f} | "
         f"{summary['methods']['vanilla']['write_seconds'] / explain_s:.1%} |",

@@ -122,6 +122,19 @@ class Explainer:
         name = self.spec.output or self.model.proto.graph.output[0].name
         return np.concatenate([sess.run([name], {self.model.input_name: c})[0] for c in self._chunks(x)], axis=0)
 
+    def predict_and_score(self, x: np.ndarray, region=None) -> tuple[np.ndarray, np.ndarray]:
+        """(model output, [N, K] scores) from one forward pass."""
+        x = self.check_input(x)
+        ctx = self.context(x, region)
+        sess = self.forward_session(x.shape[1:], ctx._region_kind)
+        name = self.spec.output or self.model.proto.graph.output[0].name
+        outs, scores = [], []
+        for c in self._chunks(x):
+            o, sc = sess.run([name, SCORES], ctx._feeds(sess, c, None))
+            outs.append(o)
+            scores.append(sc)
+        return np.concatenate(outs, axis=0), np.concatenate(scores, axis=0)
+
     def scores(self, x: np.ndarray, region=None) -> np.ndarray:
         """The [N, K] scores being explained (classification outputs or the pooled segmentation head)."""
         x = self.check_input(x)

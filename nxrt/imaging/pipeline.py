@@ -84,13 +84,15 @@ def _commit(stage: Path, final: Path) -> None:
 
 
 def _run(explainer, case, methods, x, geometry, stage, target, region, params, timings, progress) -> dict:
-    scores = explainer.scores(x, region=region)
+    t = time.perf_counter()
+    output, scores = explainer.predict_and_score(x, region=region)
+    timings["forward_s"] = time.perf_counter() - t
     summary = {"case": case.name, "sources": case.sources, "channels": case.channels, "task": explainer.task,
                "model_input_shape": list(x.shape), "image_shape": list(case.spatial_shape), "methods": {}}
     pred_mask = None
     if explainer.task == "segmentation":
         t = time.perf_counter()
-        out = explainer.predict(x)[0]
+        out = output[0]
         ch = 0 if explainer.layout == "channels_first" else -1
         labels_model = np.argmax(out, axis=ch).astype(np.int16)
         values = explainer.card.extra.get("label_values")
