@@ -328,5 +328,69 @@ def list_methods() -> None:
         click.echo(f"{name:<{width}}  {cls.summary}{alias}")
 
 
+@main.command()
+@click.argument("framework", type=click.Choice(["keras", "torch"]))
+@click.argument("src", type=click.Path(path_type=Path))
+@click.option("-o", "--output", "out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Where to write the ONNX model (.onnx).")
+@click.option("--task", type=click.Choice(["classification", "segmentation"]), required=True)
+@click.option("--channels", required=True, help="Input channel names in order, e.g. flair,t1,t1ce,t2.")
+@click.option("--labels", default=None, help="Class / output channel names, e.g. HGG,LGG.")
+@click.option("--normalize", type=click.Choice(["zscore", "minmax", "none"]), default=None,
+              help="Input preprocessing the model expects.")
+@click.option("--spatial-shape", default=None, help="Crop/pad target, e.g. 128,128,128 (default: the input size).")
+@click.option("--input-shape", default=None,
+              help="torch: one sample's input shape C,D,H,W (no batch axis); needed for TorchScript.")
+@click.option("--opset", type=int, default=None, help="ONNX opset (default: 17; torch dynamo 18).")
+@click.option("--legacy", is_flag=True, help="torch: the legacy TorchScript exporter instead of dynamo.")
+@click.option("--unsafe", is_flag=True,
+              help="keras: load .keras files whose Lambda layers run Python code (trusted files only).")
+@click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
+def convert(framework, src, out, task, channels, labels, normalize, spatial_shape, input_shape, opset, legacy,
+            unsafe, overwrite):
+    """Convert a Keras or PyTorch model SRC to ONNX with its nxrt model card, verified before it is written.
+
+    keras SRC: a .keras file or a SavedModel folder. torch SRC: a torch.export program (.pt2) or a
+    TorchScript file; pickled checkpoints (torch.save) are refused because loading them runs
+    arbitrary code. The ONNX model is checked against the framework on a random input (relative
+    error <= 1e-4) and written only if it agrees. Needs the extra: pip install 'nxrt[keras]' / 'nxrt[torch]'.
+    """
+    from .errors import InputError
+
+    if framework == "keras":
+        for flag, given in (("--legacy", legacy), ("--input-shape", input_shape)):
+            if given:
+                raise InputError(f"{flag} applies to torch models only; leave it out for keras")
+        from .converters.common import parse_shape
+        from .converters.keras import convert_keras
+
+        result = convert_keras(src, out, task=task, channels=channels, labels=labels, normalize=normalize,
+                               spatial_shape=parse_shape(spatial_shape, "--spatial-shape"), opset=opset or 17,
+                               unsafe=unsafe, overwrite=overwrite)
+        reference = "Keras"
+    else:
+        if unsafe:
+            raise InputError("--unsafe applies to keras models only; torch pickles are never loaded")
+        from .converters.common import parse_shape
+        from .converters.torch import convert_torch
+
+        result = convert_torch(src, out, task=task, channels=channels, labels=labels, normalize=normalize,
+                               spatial_shape=parse_shape(spatial_shape, "--spatial-shape"),
+                               example_shape=parse_shape(input_shape, "--input-shape"), dynamo=not legacy,
+                               opset=opset, overwrite=overwrite)
+        reference = "torch"
+
+    def dims(shape):
+        return "[" + ",".join(str(d) if isinstance(d, int) else "?" if i else "N" for i, d in enumerate(shape)) + "]"
+
+    click.echo(f"wrote {result['path']} ({result['exporter']}, opset {result['opset']})")
+    for label, values in (("input ", result["inputs"]), ("output", result["outputs"])):
+        for name, shape in values.items():
+            click.echo(f"  {label} {name} {dims(shape)}")
+    click.echo("  card   " + ", ".join(f"{k}={v}" for k, v in result["card"].to_props().items()))
+    click.echo(f"verified against {reference} on a random input {dims(result['verify_shape'])}: "
+               f"max abs error {result['max_abs_error']:.2e}, relative error {result['rel_error']:.2e}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
