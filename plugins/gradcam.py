@@ -22,11 +22,28 @@ def _channels_first(ctx, tensor: str, *arrays):
 
 def gradcam_map(acts: np.ndarray, grads: np.ndarray) -> np.ndarray:
     """ReLU(sum_k w_k A_k), w_k = spatial mean of d score / d A_k; arrays [n, C, *spatial]."""
-    weights = grads.mean(axis=tuple(range(2, grads.ndim)), keepdims=True)
-    return np.maximum((weights * acts).sum(axis=1, keepdims=True), 0.0)
+    return np.maximum((GradCAM.channel_weights(acts, grads) * acts).sum(axis=1, keepdims=True), 0.0)
 
 
-class GradCAM(Method):
+class _LayerCAM(Method):
+    """Shared by the CAM methods: ReLU(sum_k w_k A_k) at one layer, resampled to the input grid."""
+
+    defaults = {"layer": None, "interpolation": "linear"}
+
+    @staticmethod
+    def channel_weights(acts: np.ndarray, grads: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def explain(self, ctx, x, target, layer, interpolation):
+        _check_interpolation(interpolation)
+        tensor = ctx.resolve_layer(layer)
+        acts, grads = _channels_first(ctx, tensor, *ctx.layer_gradient(x, target, tensor))
+        cam = np.maximum((self.channel_weights(acts, grads) * acts).sum(axis=1, keepdims=True), 0.0)
+        ctx.info["layer"] = tensor
+        return ctx.to_input_grid(cam.astype(np.float32), 1, interpolation)
+
+
+class GradCAM(_LayerCAM):
     """Grad-CAM (Selvaraju et al. 2017) at one layer, resampled to the input grid.
 
     layer: an ONNX tensor or node name (default: the last Conv output). interpolation: 'linear'
@@ -37,14 +54,10 @@ class GradCAM(Method):
     name = "gradcam"
     aliases = ("gcam", "grad_cam")
     summary = "coarse map of where a layer's class-relevant features are (ReLU of gradient-weighted activations)"
-    defaults = {"layer": None, "interpolation": "linear"}
 
-    def explain(self, ctx, x, target, layer, interpolation):
-        _check_interpolation(interpolation)
-        tensor = ctx.resolve_layer(layer)
-        acts, grads = _channels_first(ctx, tensor, *ctx.layer_gradient(x, target, tensor))
-        ctx.info["layer"] = tensor
-        return ctx.to_input_grid(gradcam_map(acts, grads).astype(np.float32), 1, interpolation)
+    @staticmethod
+    def channel_weights(acts, grads):
+        return grads.mean(axis=tuple(range(2, grads.ndim)), keepdims=True)
 
 
 class GuidedGradCAM(Method):
@@ -64,7 +77,7 @@ class GuidedGradCAM(Method):
         return ctx.gradient(x, target, guided=True) * cam
 
 
-class GradCAMPlusPlus(Method):
+class GradCAMPlusPlus(_LayerCAM):
     """Grad-CAM++ (Chattopadhay et al. 2018): pixel-wise weighted positive gradients.
 
     alpha = g^2 / (2 g^2 + sum(A) g^3) (0 where g = 0), w_k = sum over space of alpha * ReLU(g);
@@ -74,20 +87,14 @@ class GradCAMPlusPlus(Method):
     name = "gradcam_plus_plus"
     aliases = ("gcampp", "gradcam++")
     summary = "Grad-CAM with pixel-wise weights: better for several instances of a class"
-    defaults = {"layer": None, "interpolation": "linear"}
 
-    def explain(self, ctx, x, target, layer, interpolation):
-        _check_interpolation(interpolation)
-        tensor = ctx.resolve_layer(layer)
-        acts, grads = _channels_first(ctx, tensor, *ctx.layer_gradient(x, target, tensor))
+    @staticmethod
+    def channel_weights(acts, grads):
         spatial = tuple(range(2, acts.ndim))
         g2, g3 = grads ** 2, grads ** 3
         denom = 2 * g2 + acts.sum(axis=spatial, keepdims=True) * g3
         alpha = np.divide(g2, denom, out=np.zeros_like(g2), where=np.abs(denom) > 1e-30)
-        weights = (alpha * np.maximum(grads, 0)).sum(axis=spatial, keepdims=True)
-        cam = np.maximum((weights * acts).sum(axis=1, keepdims=True), 0.0)
-        ctx.info["layer"] = tensor
-        return ctx.to_input_grid(cam.astype(np.float32), 1, interpolation)
+        return (alpha * np.maximum(grads, 0)).sum(axis=spatial, keepdims=True)
 
 
 class LayerSweep(Method):

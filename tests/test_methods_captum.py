@@ -215,6 +215,29 @@ def test_one_session_serves_all_methods(cls2d):
     assert ex.builds - builds <= 1
 
 
+def test_gradcam_plus_plus_matches_torch_hooks(cls2d):
+    model, net, x, ex, layer = cls2d
+    store = {}
+
+    def keep(mod, inputs, output):
+        output.retain_grad()
+        store["a"] = output
+
+    handle = layer.register_forward_hook(keep)
+    model(_t(x))[:, 1].sum().backward()
+    handle.remove()
+    a, g = store["a"].detach().double(), store["a"].grad.double()
+    # pytorch-grad-cam's GradCAMPlusPlus weights, written out independently with torch ops
+    g2, g3 = g ** 2, g ** 3
+    denom = 2 * g2 + a.sum(dim=(2, 3), keepdim=True) * g3
+    alpha = torch.where(denom != 0, g2 / torch.where(denom != 0, denom, torch.ones_like(denom)), torch.zeros_like(g2))
+    weights = (alpha * torch.relu(g)).sum(dim=(2, 3), keepdim=True)
+    cam = torch.relu((weights * a).sum(dim=1, keepdim=True))
+    want = torch.nn.functional.interpolate(cam, size=x.shape[2:], mode="bilinear", align_corners=False).numpy()
+    got = ex.explain(x, "gradcam_plus_plus", target=1, layer=_onnx_layer(ex, "cls2d"))
+    assert rel_err(got, want) < 1e-4
+
+
 def _onnx_layer(ex, case):
     # the layer Captum hooks is the last Conv's output in both models (small_cnn2d[5], seg_net3d[3])
     convs = ex.model.conv_layers()
