@@ -7,11 +7,11 @@ from low grade by an enhancing rim (T1ce) with necrosis and more oedema; a small
 
     .venv/bin/python examples/train_grader.py            # ~6 min on 2 cores; writes nxrt/demo/data/grader.onnx
 
-Status (measured, first attempt): 96 training phantoms, 40 epochs, cosine LR: held-out accuracy
-swings between 75% and 95% across the last epochs and ends at 90% (91.7% on another 24 fresh
-phantoms), and Grad-CAM puts only 2.5% of its mass in the tumour (the tumour is 1.8% of the
-brain): not good enough to ship yet. Next: crop to the brain at 4 mm, more phantoms, augmentation,
-BatchNorm-free or larger batches, then the localisation check of issue 5.
+Measured (30 epochs, 3 min on 2 cores): held-out accuracy 97.5% on 40 phantoms the training never
+saw; tests/test_demo_models.py checks the shipped ONNX model on 24 more fresh phantoms (100%) and
+that Grad-CAM / SmoothGrad put 50% / 37% of their mass inside the tumour, which is 1.8% of the brain.
+A first attempt with BatchNorm and an average-pool head swung between 75% and 95% and localised
+poorly (2.5% in the tumour): the evidence is local, so the head max-pools.
 """
 
 from __future__ import annotations
@@ -46,10 +46,12 @@ def build():
     import torch.nn as nn
 
     def block(cin, cout, stride):
-        return [nn.Conv3d(cin, cout, 3, stride=stride, padding=1), nn.BatchNorm3d(cout), nn.ReLU()]
+        return [nn.Conv3d(cin, cout, 3, stride=stride, padding=1), nn.ReLU()]
 
+    # no BatchNorm (8-sample batches made its statistics swing the held-out accuracy 75-95%), and a
+    # global max-pool head: the evidence (an enhancing rim) is local, an average would dilute it
     return nn.Sequential(*block(4, 8, 2), *block(8, 16, 2), *block(16, 32, 2), *block(32, 32, 1),
-                         nn.AdaptiveAvgPool3d(1), nn.Flatten(), nn.Linear(32, 2))
+                         nn.AdaptiveMaxPool3d(1), nn.Flatten(), nn.Linear(32, 2))
 
 
 def main() -> None:
@@ -58,7 +60,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--train", type=int, default=96)
     ap.add_argument("--test", type=int, default=40)
-    ap.add_argument("--epochs", type=int, default=40)
+    ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -67,7 +69,7 @@ def main() -> None:
     x_test, y_test = dataset(range(5000, 5000 + args.test))  # held out: seeds never used for training
     print(f"data: {len(x_train)} train / {len(x_test)} test in {time.perf_counter() - t0:.0f} s", flush=True)
     net = build()
-    opt = torch.optim.Adam(net.parameters(), lr=2e-3)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     # cosine decay: the noisy BatchNorm statistics of 8-sample batches settle as the steps shrink
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=args.epochs)
     xt, yt = torch.tensor(x_train), torch.tensor(y_train)
