@@ -27,7 +27,7 @@ test: lint
 	$(BIN)/python -m pytest -q tests
 
 demo: $(VENV)/.runtime
-	$(BIN)/nxrt --help
+	$(BIN)/nxrt demo -o demo_out --overwrite
 
 bench: $(VENV)/.dev
 	$(BIN)/python benchmarks/bench_gradient.py

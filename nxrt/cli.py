@@ -315,6 +315,18 @@ def layers(model, case, out, targets, orientation, overwrite):
     click.echo(f"wrote {out} ({len(names)} layers)")
 
 
+@main.command()
+@click.option("-o", "--output", "out", type=click.Path(file_okay=False, path_type=Path), default=Path("nxrt_demo"),
+              show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace the outputs of an earlier demo run.")
+def demo(out: Path, overwrite: bool) -> None:
+    """Explain the shipped demo grader on a BraTS-like phantom with the seven NeuroXAI methods (offline)."""
+    from .demo.run import run_demo
+
+    _check_writable(out)
+    run_demo(out, overwrite=overwrite)
+
+
 @main.command("methods")
 def list_methods() -> None:
     """List the registered explanation methods (built-ins and installed plugins)."""
