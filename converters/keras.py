@@ -67,12 +67,7 @@ def convert_keras(src: Any, out_path: str | os.PathLike, *, task: str, channels,
     sample = _sample_shape(tuple(model.inputs[0].shape)[1:], card, source)
     check_card(card, sample, tuple(model.outputs[0].shape))
     spec = (tf.TensorSpec((None, *tuple(model.inputs[0].shape)[1:]), tf.float32, name="input"),)
-    try:
-        with native_stderr_quiet():
-            proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=opset)
-    except Exception as exc:
-        raise ModelError(f"{source}: tf2onnx cannot convert the model ({type(exc).__name__}: "
-                         f"{_first_line(exc)})") from exc
+    proto = _tf2onnx(tf2onnx.convert.from_keras, model, spec, opset, f"{source}: tf2onnx cannot convert the model")
 
     def reference(x: np.ndarray) -> list[np.ndarray]:
         y = model(tf.constant(x), training=False)
@@ -145,12 +140,7 @@ def _convert_saved_model(tf, tf2onnx, path: Path, out: Path, card, opset: int, o
     sample = _sample_shape(dims[1:], card, str(path))
     out_shape = tuple(tf.nest.flatten(outputs)[0].shape)
     check_card(card, sample, out_shape)
-    try:
-        with native_stderr_quiet():
-            proto, _ = tf2onnx.convert.from_function(fn, input_signature=spec, opset=opset)
-    except Exception as exc:
-        raise ModelError(f"{path}: tf2onnx cannot convert the SavedModel ({type(exc).__name__}: "
-                         f"{_first_line(exc)})") from exc
+    proto = _tf2onnx(tf2onnx.convert.from_function, fn, spec, opset, f"{path}: tf2onnx cannot convert the SavedModel")
 
     def reference(x: np.ndarray) -> list[np.ndarray]:
         return [t.numpy() for t in fn(tf.constant(x))]
@@ -167,6 +157,16 @@ def _quiet(tf, tf2onnx) -> None:
         tf2onnx.logging.set_level(logging.ERROR)
     except Exception:  # pragma: no cover - logging setup is best effort
         pass
+
+
+def _tf2onnx(convert, source, spec, opset: int, failure: str):
+    """Run a tf2onnx entry point quietly; its failures become one ModelError line."""
+    try:
+        with native_stderr_quiet():
+            proto, _ = convert(source, input_signature=spec, opset=opset)
+    except Exception as exc:
+        raise ModelError(f"{failure} ({type(exc).__name__}: {_first_line(exc)})") from exc
+    return proto
 
 
 def _first_line(exc: BaseException) -> str:

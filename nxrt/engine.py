@@ -95,10 +95,6 @@ def make_session(model: onnx.ModelProto | str | os.PathLike, providers=None, thr
         raise ModelError(f"onnxruntime cannot load the model: {str(exc).splitlines()[0]}") from exc
 
 
-def run(session, outputs: Sequence[str] | None, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-    return session.run(list(outputs) if outputs else None, feeds)
-
-
 def available_memory() -> int:
     """Bytes of memory available to this process now (MemAvailable, capped by a cgroup limit)."""
     avail = None

@@ -81,8 +81,9 @@ def _resolve_wrt(model: onnx.ModelProto, wrt: Sequence[str]) -> list[str]:
             names.extend(i.name for i in model_inputs(model))
         else:
             names.append(resolve_tensor(model, w))
+    info = GraphInfo(model)
     for n in names:
-        t = GraphInfo(model).elem_type(n) if n else None
+        t = info.elem_type(n) if n else None
         if t is not None and t not in (TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16):
             raise ModelError(f"input '{n}' is not a float tensor ({TensorProto.DataType.Name(t)}); "
                              "nxrt can only differentiate with respect to float inputs")
@@ -96,6 +97,7 @@ def _score_head(model: onnx.ModelProto, spec: ScoreSpec) -> str:
     if out not in {o.name for o in g.output} | {o for n in g.node for o in n.output}:
         raise InputError(f"output '{out}' is not in the model; outputs: {', '.join(o.name for o in g.output)}")
     b = Builder(model, prefix="nxrt_head")
+    info = GraphInfo(infer_shapes(model))  # the head only adds nodes after `out`: one inference serves
     if spec.logits:
         producer = next((n for n in g.node if out in n.output), None)
         if producer is None or producer.op_type not in ("Softmax", "Sigmoid", "LogSoftmax"):
@@ -103,14 +105,13 @@ def _score_head(model: onnx.ModelProto, spec: ScoreSpec) -> str:
                              "already is the logits; drop the option")
         out = producer.input[0]
     if spec.task == "classification":
-        info = GraphInfo(infer_shapes(model))
         rank = info.rank(out)
         if rank is not None and rank != 2:
             scores = b.op("Flatten", out, axis=1)
         else:
             scores = out
     else:
-        rank = GraphInfo(infer_shapes(model)).rank(out)
+        rank = info.rank(out)
         if rank is None or rank < 3:
             raise InputError(f"task=segmentation needs an output with spatial axes; '{out}' has rank {rank}. "
                              "Use task=classification")
@@ -122,7 +123,7 @@ def _score_head(model: onnx.ModelProto, spec: ScoreSpec) -> str:
             if spec.region == "predicted":
                 # one-hot of the argmax: an integer path, so it carries no gradient (mask held constant)
                 arg = b.op("ArgMax", out, axis=ch, keepdims=1)
-                depth = GraphInfo(infer_shapes(model)).shape(out)[ch]
+                depth = info.shape(out)[ch]
                 shape = [1] * rank
                 shape[ch] = depth
                 classes = b.const(np.arange(depth).reshape(shape), np.int64, "classes")

@@ -17,6 +17,7 @@ import pytest
 
 import nxrt
 from nxrt.errors import InputError, ModelError
+from tests.keras_refs import float64_twin, randomise_batchnorm, tape_grad
 from tests.nets import small_cnn2d, torch_input_grad
 from tests.oracles import rel_err
 
@@ -51,9 +52,9 @@ def assert_one_line_error(res, *needles):
 
 
 def keras_modules():
-    tf = pytest.importorskip("tensorflow")
-    keras = pytest.importorskip("keras")
-    pytest.importorskip("tf2onnx")
+    import keras
+    import tensorflow as tf
+    import tf2onnx  # noqa: F401 (needed by the converter)
     return tf, keras
 
 
@@ -94,38 +95,6 @@ KERAS_NETS = {  # name: (builder, sample shape, task, target, channels)
 }
 
 
-def randomise_batchnorm(model, rng):
-    _, keras = keras_modules()
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            gamma, beta, mean, var = layer.get_weights()
-            layer.set_weights([rng.uniform(0.5, 1.5, gamma.shape), rng.uniform(-0.2, 0.2, beta.shape),
-                               rng.uniform(-0.2, 0.2, mean.shape), rng.uniform(0.5, 2.0, var.shape)])
-
-
-def keras_float64_twin(build, model32):
-    _, keras = keras_modules()
-    keras.config.set_dtype_policy("float64")
-    try:
-        model64 = build()
-    finally:
-        keras.config.set_dtype_policy("float32")
-    model64.set_weights([w.astype(np.float64) for w in model32.get_weights()])
-    return model64
-
-
-def tape_grad(model, x, target, task):
-    tf, _ = keras_modules()
-    xt = tf.constant(x, dtype=model.inputs[0].dtype)
-    with tf.GradientTape() as tape:
-        tape.watch(xt)
-        y = model(xt, training=False)
-        score = tf.reduce_mean(y[..., target], axis=list(range(1, y.shape.rank - 1))) \
-            if task == "segmentation" else y[:, target]
-        total = tf.reduce_sum(score)
-    return tape.gradient(total, xt).numpy().astype(np.float64)
-
-
 @pytest.mark.parametrize("source", ["memory", "file"])
 @pytest.mark.parametrize("name", list(KERAS_NETS))
 def test_keras_conversion_parity(name, source, tmp_path):
@@ -154,7 +123,7 @@ def test_keras_conversion_parity(name, source, tmp_path):
 
     grad = nxrt.Explainer(out).explain(x, "vanilla", target=target)
     assert grad.shape == x.shape
-    ref64 = tape_grad(keras_float64_twin(build, model), x.astype(np.float64), target, task)
+    ref64 = tape_grad(float64_twin(build, model), x.astype(np.float64), target, task)
     grad_err = rel_err(grad, ref64)
     print(f"keras {name} ({source}): verify max abs {result['max_abs_error']:.2e} rel {result['rel_error']:.2e}; "
           f"outputs rel {out_err:.2e}; vanilla gradient rel {grad_err:.2e}")
@@ -257,7 +226,7 @@ TORCH_NETS = {  # name: (builder, sample shape, task, target, channels)
 @pytest.mark.parametrize("dynamo", [True, False], ids=["dynamo", "legacy"])
 @pytest.mark.parametrize("name", list(TORCH_NETS))
 def test_torch_conversion_parity(name, dynamo, tmp_path):
-    torch = pytest.importorskip("torch")
+    import torch
     from nxrt.converters import convert_torch
 
     build, shape, task, target, channels = TORCH_NETS[name]
@@ -302,8 +271,9 @@ def test_torch_conversion_parity(name, dynamo, tmp_path):
 @pytest.fixture(scope="module")
 def torch_files(tmp_path_factory):
     """A small 2D CNN saved as .pt2 (torch.export), scripted and traced TorchScript, and a pickle."""
-    torch = pytest.importorskip("torch")
     import warnings
+
+    import torch
 
     d = tmp_path_factory.mktemp("torch_files")
     torch.manual_seed(2)
@@ -322,7 +292,7 @@ def torch_files(tmp_path_factory):
 
 @pytest.mark.parametrize("file", ["model.pt2", "scripted.ts", "traced.pt"])
 def test_torch_cli_from_safe_files(file, torch_files, tmp_path):
-    torch = pytest.importorskip("torch")
+    import torch
     d, module = torch_files
     out = tmp_path / "m.onnx"
     args = ["torch", d / file, "-o", out, "--task", "classification", "--channels", "r,g,b", "--labels", "a,b,c",
@@ -380,8 +350,8 @@ def test_torch_option_errors(torch_files, tmp_path, monkeypatch):
 
 
 def test_verify_refuses_a_mismatch(torch_files, tmp_path, monkeypatch):
-    torch = pytest.importorskip("torch")
     import nxrt.converters.common as common
+    import torch
     from nxrt.converters import convert_torch
 
     d, module = torch_files

@@ -14,12 +14,11 @@ import types
 
 import numpy as np
 import pytest
+import saliency.core as saliency_core
+import torch
 
 import nxrt
 from nxrt.errors import InputError
-
-torch = pytest.importorskip("torch")
-saliency_core = pytest.importorskip("saliency.core")
 
 SHAPE = (1, 3, 16, 16)
 TARGET = 1

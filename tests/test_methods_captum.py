@@ -6,15 +6,15 @@ spatial mean of each output channel, which is exactly nxrt's pooling head).
 
 from __future__ import annotations
 
+import captum.attr as captum_attr
 import numpy as np
 import pytest
+import torch
 
 import nxrt
 from tests.nets import export_torch, small_cnn2d
 from tests.oracles import rel_err
 
-torch = pytest.importorskip("torch")
-captum_attr = pytest.importorskip("captum.attr")
 nn = torch.nn
 
 

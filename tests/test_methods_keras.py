@@ -12,12 +12,13 @@ import numpy as np
 import pytest
 
 import nxrt
+from tests.keras_refs import score, tape_grad
 from tests.oracles import rel_err
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-tf = pytest.importorskip("tensorflow")
-keras = pytest.importorskip("keras")
-tf2onnx = pytest.importorskip("tf2onnx")
+import keras
+import tensorflow as tf
+import tf2onnx
 
 
 def build(kind):
@@ -52,19 +53,6 @@ def case(request, tmp_path_factory):
     task = "classification" if kind == "cls2d" else "segmentation"
     assert (ex.task, ex.layout) == (task, "channels_last")
     return model, ex, x, task
-
-
-def score(y, target, task):
-    return tf.reduce_mean(y[..., target], axis=list(range(1, y.shape.rank - 1))) if task == "segmentation" \
-        else y[:, target]
-
-
-def tape_grad(model, x, target, task):
-    xt = tf.constant(x)
-    with tf.GradientTape() as tape:
-        tape.watch(xt)
-        total = tf.reduce_sum(score(model(xt), target, task))
-    return tape.gradient(total, xt).numpy()
 
 
 def test_vanilla_and_gradient_x_input(case):

@@ -13,13 +13,14 @@ import os
 import numpy as np
 import pytest
 
+from tests.keras_refs import float64_twin, randomise_batchnorm, tape_grad
 from tests.nets import nxrt_grads
 from tests.oracles import rel_err
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-tf = pytest.importorskip("tensorflow")
-keras = pytest.importorskip("keras")
-tf2onnx = pytest.importorskip("tf2onnx")
+import keras
+import tensorflow as tf
+import tf2onnx
 
 
 def resnet50_paper_head(size=64, dtype=None):
@@ -58,36 +59,6 @@ def unet3d(size=32, channels=4, classes=4, pool=None):
     d1 = block(keras.layers.Concatenate()([keras.layers.UpSampling3D(2)(d2), e1]), 8)
     out = keras.layers.Conv3D(classes, 1, activation="softmax")(d1)
     return keras.Model(inp, out)
-
-
-def randomise_batchnorm(model, rng):
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            gamma, beta, mean, var = layer.get_weights()
-            layer.set_weights([rng.uniform(0.5, 1.5, gamma.shape), rng.uniform(-0.2, 0.2, beta.shape),
-                               rng.uniform(-0.2, 0.2, mean.shape), rng.uniform(0.5, 2.0, var.shape)])
-
-
-def float64_twin(build, model32):
-    keras.config.set_dtype_policy("float64")
-    try:
-        model64 = build()
-    finally:
-        keras.config.set_dtype_policy("float32")
-    model64.set_weights([w.astype(np.float64) for w in model32.get_weights()])
-    assert all(w.dtype == "float64" for w in model64.weights)
-    return model64
-
-
-def tape_grad(model, x, target, task, dtype):
-    xt = tf.constant(x, dtype=dtype)
-    with tf.GradientTape() as tape:
-        tape.watch(xt)
-        y = model(xt, training=False)
-        score = tf.reduce_mean(y[..., target], axis=list(range(1, y.shape.rank - 1))) \
-            if task == "segmentation" else y[:, target]
-        total = tf.reduce_sum(score)
-    return tape.gradient(total, xt).numpy().astype(np.float64)
 
 
 def convert(model, path, shape):

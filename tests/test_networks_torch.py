@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from tests.nets import export_torch, monai_nets, nxrt_grads, resnet2d, small_cnn2d, torch_input_grad
 from tests.oracles import rel_err
-
-torch = pytest.importorskip("torch")
 
 
 def check_parity(module, xs, path, dynamo, task, target, dynamic_batch=False):

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
+import torch
 from onnx import helper
 
 from tests.oracles import make_model, nxrt_vjp
-
-torch = pytest.importorskip("torch")
 
 
 def test_maxpool_ties_route_to_the_first_maximum_like_torch():

@@ -479,7 +479,7 @@ def _gemm(ctx, node, gy):
 # --------------------------------------------------------------------------- convolution
 
 
-def _conv_geometry(ctx, node, x: str, w_shape):
+def _conv_geometry(node, w_shape):
     kernel = attr(node, "kernel_shape") or list(w_shape[2:])
     n = len(kernel)
     strides = attr(node, "strides") or [1] * n
@@ -506,7 +506,7 @@ def _conv(ctx, node, gy):
         return out
     w_shape = ctx.info.shape(w)
     in_shape = spatial_shape_of(ctx, node, x)
-    kernel, strides, dilations = _conv_geometry(ctx, node, x, w_shape)
+    kernel, strides, dilations = _conv_geometry(node, w_shape)
     group = attr(node, "group", 1)
     pb, pe = spatial_pads(node, in_shape, kernel, strides, dilations)
     eff = [(k - 1) * d + 1 for k, d in zip(kernel, dilations, strict=True)]
@@ -541,7 +541,7 @@ def _conv_transpose(ctx, node, gy):
         return out
     in_shape = spatial_shape_of(ctx, node, x)
     y_shape = spatial_shape_of(ctx, node, node.output[0])
-    kernel, strides, dilations = _conv_geometry(ctx, node, x, ctx.info.shape(w))
+    kernel, strides, dilations = _conv_geometry(node, ctx.info.shape(w))
     group = attr(node, "group", 1)
     n = len(kernel)
     out_pad = attr(node, "output_padding") or [0] * n

@@ -52,9 +52,6 @@ class Geometry:
         out[src] = volume[dst]
         return out
 
-    def model_to_image_index(self, index) -> tuple[float, ...]:
-        return tuple(float(k) - o for k, o in zip(index, self.offsets, strict=True))
-
 
 def normalize(data: np.ndarray, mode: str | None) -> np.ndarray:
     """Per-channel normalisation of [*spatial, C]: 'zscore' inside the brain (nonzero voxels of that
