@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import os
+import platform
+import sys
 import tempfile
 from collections.abc import Sequence
+from contextlib import contextmanager
 
 import numpy as np
 import onnx
@@ -68,6 +74,11 @@ def session_options(threads: int | None = None, low_memory: bool = False):
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.intra_op_num_threads = threads or os.cpu_count() or 1
     so.log_severity_level = 3
+    # Gradients of confident models underflow: a pooled segmentation score is a mean over ~1e6
+    # voxels and a saturated softmax multiplies by p(1-p) ~ 1e-30, so the backward carries subnormal
+    # floats, which x86 processes ~100x slower. Flushing them to zero (values below 1.2e-38, far
+    # beneath float32's resolution of any attribution) made the demo segmenter's gradient 3.6x faster.
+    so.add_session_config_entry("session.set_denormal_as_zero", "1")
     # The CPU arena stays on: without it peak RSS halves (DynUNet gradient, batch 4, 64^3: 1.1 GB vs
     # 1.9-2.3 GB) but every large buffer is page-faulted in afresh, and IG at 96^3 ran 30% slower
     # (108-122 s vs 79-87 s). `low_memory=True` trades the other way.
@@ -75,8 +86,65 @@ def session_options(threads: int | None = None, low_memory: bool = False):
     return so
 
 
-def make_session(model: onnx.ModelProto | str | os.PathLike, providers=None, threads: int | None = None):
-    """An InferenceSession for a ModelProto (any size) or a path."""
+class Session:
+    """An onnxruntime InferenceSession whose runs flush subnormal floats to zero on every thread.
+
+    onnxruntime's `session.set_denormal_as_zero` covers only its pool threads; a run also computes on
+    the calling (Python) thread, where subnormals stay ~100x slow. `run` sets the calling thread's
+    flush-to-zero / denormals-are-zero bits for the duration of the run and restores them after, so
+    numpy and the user's code never see the change. Everything else is the wrapped session's.
+    """
+
+    def __init__(self, session):
+        self._session = session
+
+    def __getattr__(self, name):
+        return getattr(self._session, name)
+
+    def run(self, output_names, feeds, run_options=None):
+        with flush_subnormals():
+            return self._session.run(output_names, feeds, run_options)
+
+
+# x86-64 glibc: fenv_t is 32 bytes and ends with the SSE control/status register (MXCSR)
+_MXCSR_OFFSET, _FTZ_DAZ = 28, 0x8000 | 0x0040
+
+
+@contextmanager
+def flush_subnormals():
+    """Flush-to-zero and denormals-are-zero on this thread inside the block (x86-64 Linux; elsewhere
+    a no-op: ARM cores and GPUs handle subnormals at full speed or flush them already)."""
+    libm = _libm()
+    if libm is None:
+        yield
+        return
+    saved = (ctypes.c_uint8 * 32)()
+    if libm.fegetenv(saved) != 0:
+        yield
+        return
+    env = (ctypes.c_uint8 * 32).from_buffer_copy(saved)
+    mxcsr = int.from_bytes(bytes(env[_MXCSR_OFFSET:_MXCSR_OFFSET + 4]), "little") | _FTZ_DAZ
+    env[_MXCSR_OFFSET:_MXCSR_OFFSET + 4] = list(mxcsr.to_bytes(4, "little"))
+    libm.fesetenv(env)
+    try:
+        yield
+    finally:
+        libm.fesetenv(saved)
+
+
+@functools.cache
+def _libm():
+    if sys.platform != "linux" or platform.machine() not in ("x86_64", "AMD64") or \
+            platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("m") or "libm.so.6")
+    except OSError:
+        return None
+
+
+def make_session(model: onnx.ModelProto | str | os.PathLike, providers=None, threads: int | None = None) -> Session:
+    """A Session for a ModelProto (any size) or a path."""
     import onnxruntime as ort
 
     prov = resolve_providers(providers)
@@ -84,11 +152,11 @@ def make_session(model: onnx.ModelProto | str | os.PathLike, providers=None, thr
     try:
         if isinstance(model, onnx.ModelProto):
             if model_bytes(model) < PROTOBUF_LIMIT - (64 << 20):
-                return ort.InferenceSession(model.SerializeToString(), so, providers=prov)
+                return Session(ort.InferenceSession(model.SerializeToString(), so, providers=prov))
             with tempfile.TemporaryDirectory() as tmp:
                 path = save_model(model, os.path.join(tmp, "model.onnx"), external=True)
-                return ort.InferenceSession(str(path), so, providers=prov)
-        return ort.InferenceSession(str(model), so, providers=prov)
+                return Session(ort.InferenceSession(str(path), so, providers=prov))
+        return Session(ort.InferenceSession(str(model), so, providers=prov))
     except Exception as exc:
         if isinstance(exc, InputError):
             raise

@@ -1,4 +1,4 @@
-"""`nxrt demo`: runs offline on the shipped grader and a phantom case, writes every output."""
+"""`nxrt demo`: runs offline on the two shipped models and the shipped case, writes every output."""
 
 from __future__ import annotations
 
@@ -14,19 +14,27 @@ def test_nxrt_demo_writes_every_output(tmp_path):
     res = subprocess.run([sys.executable, "-m", "nxrt.cli", "demo", "-o", str(out)], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     assert "look first at" in res.stdout and "overview.png" in res.stdout
-    case = out / "BraTS-PHANTOM-007"
-    summary = json.loads((case / "summary.json").read_text())
-    assert summary["prediction"]["label"] == "HGG"
     methods = {"vanilla", "guided_backprop", "integrated_gradients", "guided_ig", "smoothgrad", "gradcam",
                "guided_gradcam"}
-    assert set(summary["methods"]) == methods
-    for m in methods:
-        assert (case / f"{m}.nii.gz").exists() and (case / f"{m}_map.nii.gz").exists()
-    # Grad-CAM looks at the tumour: far more of its mass inside it than the tumour's share of the brain
-    assert summary["methods"]["gradcam"]["share_in_true_tumour"] > 5 * summary["methods"]["gradcam"][
-        "true_tumour_share_of_brain"]
-    img = mpimg.imread(str(case / "overview.png"))
-    assert img.shape[0] > 1000 and img.shape[1] > 600 and img[..., :3].std() > 0.05  # 7 rows x 3 views
+    # the user gets a copy of the case to open next to the maps
+    assert sorted(p.name for p in (out / "input" / "BraTS-PHANTOM-007").iterdir()) == [
+        f"BraTS-PHANTOM-007_{m}.nii.gz" for m in ("flair", "seg", "t1", "t1ce", "t2")]
+    for model in ("grader", "segmenter"):
+        case = out / model / "BraTS-PHANTOM-007"
+        summary = json.loads((case / "summary.json").read_text())
+        assert set(summary["methods"]) == methods
+        for m in methods:
+            assert (case / f"{m}.nii.gz").exists() and (case / f"{m}_map.nii.gz").exists()
+        # Grad-CAM looks at the tumour: far more of its mass inside it than the tumour's share of the brain
+        gradcam = summary["methods"]["gradcam"]
+        assert gradcam["share_in_true_tumour"] > 5 * gradcam["true_tumour_share_of_brain"], model
+        img = mpimg.imread(str(case / "overview.png"))
+        assert img.shape[0] > 1000 and img.shape[1] > 600 and img[..., :3].std() > 0.05  # 7 rows x 3 views
+    assert json.loads((out / "grader" / "BraTS-PHANTOM-007" / "summary.json").read_text())[
+        "prediction"]["label"] == "HGG"
+    seg = json.loads((out / "segmenter" / "BraTS-PHANTOM-007" / "summary.json").read_text())
+    assert set(seg["prediction"]["voxels_per_label"]) <= {"0", "1", "2", "4"}  # BraTS 2021 label values
+    assert (out / "segmenter" / "BraTS-PHANTOM-007" / "prediction.nii.gz").exists()
     again = subprocess.run([sys.executable, "-m", "nxrt.cli", "demo", "-o", str(out)], capture_output=True,
                            text=True)
     assert again.returncode == 2 and "--overwrite" in again.stderr

@@ -6,7 +6,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from nxrt.demo.phantom import make_phantom, write_brats_case
+from nxrt.demo.phantom import MODALITIES, make_phantom, write_brats_case
 from nxrt.imaging.cases import load_case
 
 
@@ -67,3 +67,18 @@ def test_written_case_reads_back_as_brats(tmp_path, hgg, convention):
     assert case.data.shape == hgg.seg.shape + (4,)
     assert set(np.unique(case.seg)) == ({0, 1, 2, 4} if convention == 2021 else {0, 1, 2, 3})
     np.testing.assert_allclose(nib.load(case.sources[0]).affine, hgg.affine)
+
+
+def test_shipped_demo_case_is_the_seeded_phantom():
+    """nxrt/demo/data/case holds exactly what write_demo_case regenerates from the seed."""
+    from importlib import resources
+
+    from nxrt.demo.run import CASE, DEMO_SEED
+
+    ph = make_phantom(DEMO_SEED, "HGG")
+    folder = resources.files("nxrt.demo") / "data" / "case"
+    for name, expected in [*((m, np.round(ph.images[m])) for m in MODALITIES), ("seg", ph.seg)]:
+        with resources.as_file(folder / f"{CASE}_{name}.nii.gz") as path:
+            img = nib.load(str(path))
+            np.testing.assert_array_equal(np.asanyarray(img.dataobj), expected)
+            np.testing.assert_allclose(img.affine, ph.affine)

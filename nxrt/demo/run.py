@@ -1,12 +1,15 @@
-"""`nxrt demo`: the shipped demo model explained on a BraTS-like case, offline.
+"""`nxrt demo`: the two shipped demo models explained on the shipped BraTS-like case, offline.
 
-The demo case is a phantom (nxrt.demo.phantom, seed DEMO_SEED, high grade) written as BraTS 2021
-files; the grader (HGG vs LGG, trained by examples/train_grader.py) is explained with the seven
-NeuroXAI methods and every output of `nxrt explain` is written.
+The demo case (`data/case/`, BraTS 2021 file names) is the phantom of nxrt.demo.phantom with seed
+DEMO_SEED, high grade, written by `write_brats_case` (a test checks that it regenerates exactly).
+Both demo models are explained with the seven NeuroXAI methods and every output of `nxrt explain`
+is written: the grader (HGG vs LGG, PyTorch, examples/train_grader.py) scores the grade, the
+segmenter (3D U-Net, Keras, examples/train_segmenter.py) the whole tumour (its pooled score).
 """
 
 from __future__ import annotations
 
+import shutil
 from importlib import resources
 from pathlib import Path
 
@@ -14,40 +17,82 @@ import click
 
 DEMO_SEED = 7
 CASE = "BraTS-PHANTOM-007"
-#: the seven NeuroXAI methods, with step counts sized for a 2-core CPU (about a minute in all)
+MODELS = ("grader", "segmenter")
+#: the seven NeuroXAI methods per model, with step counts sized for a 2-core CPU: a gradient of the
+#: full-resolution U-Net costs ~1.5 s there against ~0.1 s for the strided grader
 METHODS = {
-    "vanilla": {}, "guided_backprop": {}, "integrated_gradients": {"steps": 32},
-    "guided_ig": {"steps": 50}, "smoothgrad": {"samples": 16, "seed": 0}, "gradcam": {}, "guided_gradcam": {},
+    "grader": {"vanilla": {}, "guided_backprop": {}, "integrated_gradients": {"steps": 32},
+               "guided_ig": {"steps": 50}, "smoothgrad": {"samples": 16, "seed": 0}, "gradcam": {},
+               "guided_gradcam": {}},
+    "segmenter": {"vanilla": {}, "guided_backprop": {}, "integrated_gradients": {"steps": 16},
+                  "guided_ig": {"steps": 20}, "smoothgrad": {"samples": 8, "seed": 0}, "gradcam": {},
+                  "guided_gradcam": {}},
 }
 
 
-def run_demo(out: Path, overwrite: bool = False) -> Path:
+def shipped_case() -> resources.abc.Traversable:
+    return resources.files("nxrt.demo") / "data" / "case"
+
+
+def write_demo_case(folder: Path) -> Path:
+    """(Re)generate the shipped demo case: `python -c "from nxrt.demo.run import *;
+    write_demo_case(Path('nxrt/demo/data/case'))"`. tests/test_phantom.py checks that it matches."""
+    import tempfile
+
+    from .phantom import make_phantom, write_brats_case
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        written = write_brats_case(make_phantom(DEMO_SEED, "HGG"), tmp, CASE)
+        for f in sorted(written.iterdir()):
+            shutil.copyfile(f, folder / f.name)
+    return folder
+
+
+def run_demo(out: Path, overwrite: bool = False) -> dict[str, Path]:
     from ..explainer import Explainer
     from ..imaging.cases import load_case
     from ..imaging.pipeline import explain_case
-    from .phantom import make_phantom, write_brats_case
 
     out = Path(out)
-    case_dir = out / "input"
-    if not (case_dir / CASE).exists():
-        write_brats_case(make_phantom(DEMO_SEED, "HGG"), case_dir, CASE)
-    with resources.as_file(resources.files("nxrt.demo") / "data" / "grader.onnx") as model:
-        ex = Explainer(model)
-        case = load_case(case_dir / CASE, channels=ex.card.channels)
+    case_dir = out / "input" / CASE
+    if not case_dir.exists():  # a copy the user can open in a viewer next to the maps
+        case_dir.mkdir(parents=True)
+        for item in shipped_case().iterdir():
+            with resources.as_file(item) as src:
+                shutil.copyfile(src, case_dir / item.name)
+    results = {}
+    for name in MODELS:
+        with resources.as_file(resources.files("nxrt.demo") / "data" / f"{name}.onnx") as model:
+            ex = Explainer(model)
+            case = load_case(case_dir, channels=ex.card.channels)
+            click.echo(f"{name} ({ex.task}):", err=True)
 
-        def progress(method):
-            click.echo(f"  {method} ...", err=True)
+            def progress(method):
+                click.echo(f"  {method} ...", err=True)
 
-        summary = explain_case(ex, case, list(METHODS), out, params=METHODS, overwrite=overwrite,
-                               progress=progress)
-    result = out / CASE
+            summary = explain_case(ex, case, list(METHODS[name]), out / name, params=METHODS[name],
+                                   overwrite=overwrite, progress=progress)
+        results[name] = out / name / CASE
+        _report(name, summary)
+    click.echo(f"wrote {out}/grader/{CASE}/ and {out}/segmenter/{CASE}/ (NIfTI maps, prediction, overview.png, "
+               f"summary.json); the case is in {case_dir}/")
+    for path in results.values():
+        click.echo(f"look first at {path / 'overview.png'}")
+    return results
+
+
+def _report(name: str, summary: dict) -> None:
     pred = summary["prediction"]
-    click.echo(f"grader: {pred['label']} (scores {', '.join(f'{s:.2f}' for s in summary['scores'])}); "
-               f"true grade HGG")
-    for name, m in summary["methods"].items():
+    if "label" in pred:
+        click.echo(f"{name}: {pred['label']} (scores {', '.join(f'{s:.2f}' for s in summary['scores'])}); "
+                   "true grade HGG")
+    else:
+        voxels = {k: v for k, v in pred["voxels_per_label"].items() if k != 0}
+        click.echo(f"{name}: predicted tumour voxels per BraTS label {voxels}; explained score: mean whole-tumour "
+                   f"probability {sum(summary['scores'][1:]):.4f}")
+    for method, m in summary["methods"].items():
         share = m.get("share_in_true_tumour")
-        click.echo(f"  {name:22s} {m['seconds']:6.1f} s" + (f"   {share:5.1%} of the attribution inside the tumour"
-                                                           if share is not None else ""))
-    click.echo(f"wrote {result}/ (NIfTI maps, overview.png, summary.json); the case is in {case_dir / CASE}/")
-    click.echo(f"look first at {result / 'overview.png'}")
-    return result
+        click.echo(f"  {method:22s} {m['seconds']:6.1f} s" + (f"   {share:5.1%} of the attribution inside the tumour"
+                                                             if share is not None else ""))

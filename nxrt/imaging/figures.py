@@ -7,6 +7,16 @@ import numpy as np
 ORIENTATIONS = ("axial", "coronal", "sagittal")
 
 
+def load_matplotlib():
+    """Import matplotlib with the file-only Agg backend (the pipeline does it early, in the background)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def _slice(vol: np.ndarray, orientation: str, index) -> np.ndarray:
     x, y, z = (int(round(v)) for v in index)
     if orientation == "axial":
@@ -31,26 +41,26 @@ def overview(path, background: np.ndarray, maps: dict[str, np.ndarray], center, 
     background: [X, Y, Z] (a modality); maps: {method: [X, Y, Z] display map in 0..1}; contour:
     optional tumour mask outlined on every panel. Written atomically as PNG.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from .writer import atomic_path
+
+    plt = load_matplotlib()
 
     rows = max(1, len(maps))
     fig, axes = plt.subplots(rows, 3, figsize=(9.6, 3.1 * rows + 0.5), squeeze=False)
-    lo, hi = _window(background)
+    # only the three shown slices are touched (a full-volume pass costs more than the drawing)
+    backgrounds = {o: _slice(background, o, center) for o in ORIENTATIONS}
+    lo, hi = _window(np.concatenate([b.ravel() for b in backgrounds.values()]))
+    outlines = {o: _slice(contour, o, center).astype(np.float32) for o in ORIENTATIONS} \
+        if contour is not None else {}
     image = None
     for r, (name, m) in enumerate(maps.items()):
         for c, orient in enumerate(ORIENTATIONS):
             ax = axes[r, c]
-            ax.imshow(_slice(background, orient, center), cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
+            ax.imshow(backgrounds[orient], cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
             overlay = np.ma.masked_less_equal(_slice(m, orient, center), 0.05)
             image = ax.imshow(overlay, cmap="jet", vmin=0, vmax=1, alpha=0.55, interpolation="nearest")
-            if contour is not None and np.any(contour):
-                ax.contour(_slice(contour.astype(float), orient, center), levels=[0.5], colors="white",
-                           linewidths=0.8)
+            if orient in outlines and outlines[orient].any():
+                ax.contour(outlines[orient], levels=[0.5], colors="white", linewidths=0.8)
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0:
@@ -71,12 +81,9 @@ def overview(path, background: np.ndarray, maps: dict[str, np.ndarray], center, 
 def layer_grid(path, background: np.ndarray, maps: list[np.ndarray], names: list[str], center,
                orientation: str = "axial") -> None:
     """One panel per layer (the paper's Fig. 5): the same slice, each layer's Grad-CAM over the scan."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from .writer import atomic_path
+
+    plt = load_matplotlib()
 
     n = len(maps)
     cols = min(6, n)

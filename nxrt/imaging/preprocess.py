@@ -45,46 +45,102 @@ class Geometry:
         out[dst] = volume[src]
         return out
 
+    def inside(self, volume: np.ndarray) -> np.ndarray:
+        """The part of a model-space volume that lies inside the image (a view; padding dropped)."""
+        return volume[self._slices()[1]]
+
     def to_image(self, volume: np.ndarray, fill: float = 0.0) -> np.ndarray:
         """[*model_shape, ...] -> [*image_shape, ...]: the exact inverse (cropped regions get `fill`)."""
         src, dst = self._slices()
-        out = np.full(self.image_shape + volume.shape[len(self.model_shape):], fill, dtype=volume.dtype)
+        # Fortran order like NIfTI's own: writing it out is then a straight copy
+        out = np.full(self.image_shape + volume.shape[len(self.model_shape):], fill, dtype=volume.dtype, order="F")
         out[src] = volume[dst]
         return out
 
 
-def normalize(data: np.ndarray, mode: str | None) -> np.ndarray:
-    """Per-channel normalisation of [*spatial, C]: 'zscore' inside the brain (nonzero voxels of that
-    channel), 'minmax' to 0..1, or 'none'. Background (zero) voxels stay zero under zscore."""
+def channel_stats(data: np.ndarray, mode: str | None) -> list[tuple[float, float]]:
+    """Per-channel (offset, scale) with normalized = (value - offset) / scale, from [*spatial, C].
+
+    zscore: mean and std of the channel's nonzero (brain) voxels; background voxels stay zero.
+    The sums run over the whole channel (zeros add nothing to them), so no masked copy is made."""
     mode = mode or "none"
-    out = data.astype(np.float32, copy=True)
-    for c in range(out.shape[-1]):
-        ch = out[..., c]
+    if mode not in ("zscore", "minmax", "none"):
+        raise InputError(f"normalisation '{mode}' is not one of zscore, minmax, none")
+    stats = []
+    for c in range(data.shape[-1]):
+        ch = data[..., c]
         if mode == "zscore":
-            brain = ch != 0
-            if brain.any():
-                vals = ch[brain]
-                std = float(vals.std())
-                ch[brain] = (vals - float(vals.mean())) / (std if std > 0 else 1.0)
+            n = int(np.count_nonzero(ch))
+            if n == 0:
+                stats.append((0.0, 1.0))
+                continue
+            total, squares = _sums(ch)
+            mean = total / n
+            var = max(0.0, squares / n - mean * mean)
+            std = var ** 0.5
+            stats.append((mean, std if std > 0 else 1.0))
         elif mode == "minmax":
             lo, hi = float(ch.min()), float(ch.max())
-            ch[...] = (ch - lo) / (hi - lo) if hi > lo else 0.0
-        elif mode != "none":
-            raise InputError(f"normalisation '{mode}' is not one of zscore, minmax, none")
+            stats.append((lo, hi - lo) if hi > lo else (lo, np.inf))
+        else:
+            stats.append((0.0, 1.0))
+    return stats
+
+
+def _sums(ch: np.ndarray, block: int = 1 << 20) -> tuple[float, float]:
+    """Sum and sum of squares in float64, a cache-sized block at a time (no volume-sized temporary)."""
+    flat = ch.ravel(order="K") if (ch.flags.c_contiguous or ch.flags.f_contiguous) else ch.ravel()
+    total = squares = 0.0
+    for i in range(0, flat.size, block):
+        part = flat[i:i + block].astype(np.float64)
+        total += float(part.sum())
+        squares += float(part @ part)
+    return total, squares
+
+
+def normalize(data: np.ndarray, mode: str | None, stats=None) -> np.ndarray:
+    """Per-channel normalisation of [*spatial, C]: 'zscore' inside the brain (nonzero voxels of that
+    channel), 'minmax' to 0..1, or 'none'. Background (zero) voxels stay zero under zscore.
+    stats: channel_stats() of the full image when `data` is a crop of it."""
+    mode = mode or "none"
+    stats = stats if stats is not None else channel_stats(data, mode)
+    out = np.empty(data.shape, np.float32)
+    for c, stat in enumerate(stats):
+        out[..., c] = _normalize_channel(data[..., c], mode, stat)
     return out
+
+
+def _normalize_channel(ch: np.ndarray, mode: str, stat: tuple[float, float]) -> np.ndarray:
+    offset, scale = np.float32(stat[0]), np.float32(stat[1])
+    if mode == "zscore":
+        return np.where(ch != 0, (ch - offset) / scale, np.float32(0))
+    if mode == "minmax":
+        return (ch - offset) / scale
+    return ch
 
 
 def prepare(data: np.ndarray, model_spatial: tuple[int, ...] | None, layout: str,
             mode: str | None) -> tuple[np.ndarray, Geometry]:
-    """[*spatial, C] image data -> ([1, C, *model_spatial] or [1, *model_spatial, C], geometry)."""
+    """[*spatial, C] image data -> ([1, C, *model_spatial] or [1, *model_spatial, C], geometry).
+
+    The statistics come from the whole image; only the model's crop is normalised (4x less work on
+    a BraTS case whose 240x240x155 grid is cropped to 128^3), one channel at a time, straight into
+    the model's layout."""
     spatial = data.shape[:-1]
     target = tuple(model_spatial) if model_spatial else spatial
     if len(target) != len(spatial):
         raise InputError(f"the model takes {len(target)}D inputs but the case is {len(spatial)}D")
     geometry = Geometry.centred(spatial, target)
-    arr = geometry.to_model(normalize(data, mode))
-    arr = np.moveaxis(arr, -1, 0)[None] if layout == "channels_first" else arr[None]
-    return np.ascontiguousarray(arr, dtype=np.float32), geometry
+    mode = mode or "none"
+    stats = channel_stats(data, mode)
+    src, dst = geometry._slices()
+    channels = data.shape[-1]
+    first = layout == "channels_first"
+    arr = np.zeros((1, channels, *target) if first else (1, *target, channels), np.float32)  # padding stays 0
+    for c, stat in enumerate(stats):
+        into = arr[0, c] if first else arr[0, ..., c]
+        into[dst] = _normalize_channel(data[(*src, c)], mode, stat)
+    return arr, geometry
 
 
 def to_image_channels_last(a: np.ndarray, layout: str, geometry: Geometry) -> np.ndarray:

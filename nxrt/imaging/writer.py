@@ -24,7 +24,14 @@ def atomic_path(path):
 
 
 def save_nifti(path, data: np.ndarray, affine: np.ndarray, header) -> None:
-    """Write data in the image grid with the case's affine and header (qform/sform codes, units kept)."""
+    """Write data in the image grid with the case's affine and header (qform/sform codes, units kept).
+
+    The file is nibabel's own header followed by the voxels in NIfTI's Fortran order, streamed
+    straight from the array (byte-identical to `Nifti1Image.to_bytes()`, without its 143 MB copy of
+    a BraTS-size 4D map); .gz files are compressed in parallel gzip members.
+    """
+    import io
+
     import nibabel as nib
 
     hdr = header.copy()
@@ -34,27 +41,22 @@ def save_nifti(path, data: np.ndarray, affine: np.ndarray, header) -> None:
     qcode, scode = int(header["qform_code"]), int(header["sform_code"])
     img.set_qform(affine, code=qcode if qcode else 1)
     img.set_sform(affine, code=scode if scode else 1)
-    raw = img.to_bytes()
-    data = _gzip(raw) if str(path).endswith(".gz") else raw
+    hdr = img.header
+    hdr.set_data_shape(data.shape)
+    hdr.set_slope_inter(1.0, 0.0)  # what nibabel writes for unscaled data
+    head = io.BytesIO()
+    hdr.write_to(head)
+    head = head.getvalue()
+    head += b"\0" * (int(hdr.get_data_offset()) - len(head))
+    voxels = memoryview(np.asfortranarray(data).T.reshape(-1).view(np.uint8))  # a view when already F-ordered
     with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
-
-
-def _gzip(raw: bytes, level: int = 1) -> bytes:
-    """gzip in parallel: one gzip member per core, concatenated (a valid .gz that every gzip reader,
-    nibabel and the viewers' zlib included, reads as one stream). zlib releases the GIL, so the
-    members compress concurrently; level 1 as nibabel's default."""
-    import gzip
-    from concurrent.futures import ThreadPoolExecutor
-
-    parts = max(1, min(os.cpu_count() or 1, len(raw) // (8 << 20)))
-    if parts == 1:
-        return gzip.compress(raw, compresslevel=level, mtime=0)
-    step = -(-len(raw) // parts)
-    with ThreadPoolExecutor(parts) as pool:
-        members = pool.map(lambda i: gzip.compress(raw[i:i + step], compresslevel=level, mtime=0),
-                           range(0, len(raw), step))
-        return b"".join(members)
+        with open(tmp, "wb") as f:
+            if str(path).endswith(".gz"):
+                f.write(_gzip(head))
+                f.write(_gzip(voxels))
+            else:
+                f.write(head)
+                f.write(voxels)
 
 
 def save_json(path, obj) -> None:
@@ -68,3 +70,30 @@ def _jsonable(v):
     if isinstance(v, np.ndarray):
         return v.tolist()
     return str(v)
+
+
+def _gzip(raw, level: int = 1) -> bytes:
+    """gzip in parallel: one gzip member per core, concatenated (a valid .gz that every gzip reader,
+    nibabel and the viewers' zlib included, reads as one stream). Intel ISA-L's igzip (the `isal`
+    package) compresses 4-6x faster than zlib at a ratio close to zlib's level 1 (nibabel's default)
+    and, like zlib, releases the GIL, so the members compress concurrently. raw: any bytes buffer."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from isal import igzip
+
+    view = memoryview(raw).cast("B")
+    parts = max(1, min(os.cpu_count() or 1, len(view) // (8 << 20)))
+    if parts == 1:
+        return igzip.compress(view, compresslevel=level, mtime=0)
+    step = -(-len(view) // parts)
+    with ThreadPoolExecutor(parts) as pool:
+        members = pool.map(lambda i: igzip.compress(view[i:i + step], compresslevel=level, mtime=0),
+                           range(0, len(view), step))
+        return b"".join(members)
+
+
+def gunzip(data: bytes) -> bytes:
+    """Decompress a (possibly multi-member) gzip stream with ISA-L (2-3x faster than zlib)."""
+    from isal import igzip
+
+    return igzip.decompress(data)
