@@ -61,7 +61,7 @@ def main() -> None:
         "",
         "| stage | seconds | share of the explanation time |",
         "|---|---|---|",
-        f"| load + preprocess (4 files, z-score, crop) | {t['load_and_preprocess_s']:.2f} | "
+        f"| load (4 gzip NIfTI files) + preprocess (z-score, crop) | {t['load_and_preprocess_s']:.2f} | "
         f"{t['load_and_preprocess_s'] / explain_s:.1%} |",
         f"| vanilla gradient (the explanation) | {explain_s:.2f} | 100% |",
         f"| forward pass (scores + segmentation output) | {t['forward_s']:.2f} | {t['forward_s'] / explain_s:.1%} |",

@@ -156,6 +156,7 @@ def explain(model, cases, methods, targets, out, channels, region, layer, steps,
     summary.json. Several cases: one model load, failures isolated, exit code = number of failed cases.
     """
     import time
+    from concurrent.futures import ThreadPoolExecutor
 
     from .errors import InputError, NxrtError
     from .explainer import Explainer
@@ -186,6 +187,20 @@ def explain(model, cases, methods, targets, out, channels, region, layer, steps,
     items = [("--channel", None)] if channel_files and not cases else [(c, c) for c in cases]
     results, started = [], time.perf_counter()
     single = len(items) == 1
+    # a cohort finishes each case (figure, last writes, rename) in the background while the next
+    # case is explained; at most two cases wait there, so memory stays bounded
+    finisher = None if single else ThreadPoolExecutor(1)
+    unfinished = []
+
+    def settle(limit: int) -> None:
+        while len(unfinished) > limit:
+            index, name, future, t0 = unfinished.pop(0)
+            try:
+                future.result()
+                results[index] = (name, "ok", time.perf_counter() - t0)
+            except NxrtError as exc:
+                results[index] = (name, f"FAILED: {exc}", time.perf_counter() - t0)
+
     for k, (label, source) in enumerate(items, 1):
         t0 = time.perf_counter()
 
@@ -198,18 +213,27 @@ def explain(model, cases, methods, targets, out, channels, region, layer, steps,
             click.echo(f"[{k}/{len(items)}] {Path(str(label)).name}: {method}{eta}", err=True)
 
         try:
+            t_load = time.perf_counter()
             case = load_case(source, channels=ex.card.channels, channel_files=channel_files or None)
+            load_seconds = time.perf_counter() - t_load
             case_dir = out / case.name
             if resume and case_finished(case_dir):
                 results.append((case.name, "skipped (finished)", 0.0))
                 continue
-            explain_case(ex, case, methods, out, target=list(targets) or None, region=region_value, params=params,
-                         overwrite=overwrite or (resume and case_dir.exists()), progress=progress)
+            done = explain_case(ex, case, methods, out, target=list(targets) or None, region=region_value,
+                                params=params, overwrite=overwrite or (resume and case_dir.exists()),
+                                progress=progress, finish_in=finisher, load_seconds=load_seconds)
             results.append((case.name, "ok", time.perf_counter() - t0))
+            if finisher is not None:
+                unfinished.append((len(results) - 1, case.name, done, t0))
+                settle(2)
         except NxrtError as exc:
             if single:
                 raise
             results.append((Path(str(label)).name, f"FAILED: {exc}", time.perf_counter() - t0))
+    settle(0)
+    if finisher is not None:
+        finisher.shutdown()
     failed = [r for r in results if r[1].startswith("FAILED")]
     width = max(len(r[0]) for r in results)
     for name, status, seconds in results:

@@ -38,3 +38,22 @@ def test_nxrt_demo_writes_every_output(tmp_path):
     again = subprocess.run([sys.executable, "-m", "nxrt.cli", "demo", "-o", str(out)], capture_output=True,
                            text=True)
     assert again.returncode == 2 and "--overwrite" in again.stderr
+
+
+def test_wheel_ships_the_demo_and_stays_small(tmp_path):
+    """The wheel carries both demo models, the case and the template, and stays under 20 MB."""
+    import zipfile
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    res = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", str(root),
+                          "-w", str(tmp_path)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    (wheel,) = tmp_path.glob("nxrt-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    data = "nxrt/demo/data/"
+    assert {data + "grader.onnx", data + "segmenter.onnx", data + "icbm152_2009a_2mm.npz", data + "NOTICE"} <= names
+    assert {f"{data}case/BraTS-PHANTOM-007_{m}.nii.gz" for m in ("flair", "t1", "t1ce", "t2", "seg")} <= names
+    size_mb = wheel.stat().st_size / 1e6
+    print(f"wheel {wheel.name}: {size_mb:.1f} MB")
+    assert size_mb < 20

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -49,8 +49,16 @@ def case_finished(out_dir: Path) -> bool:
 
 
 def explain_case(explainer, case: Case, methods: Sequence[str], out_root: Path, target=None, region=None,
-                 params: dict | None = None, overwrite: bool = False, progress=None) -> dict:
-    """Explain `case` with every method and write OUT/<case>/... ; returns the summary dict."""
+                 params: dict | None = None, overwrite: bool = False, progress=None, finish_in=None,
+                 load_seconds: float = 0.0):
+    """Explain `case` with every method and write OUT/<case>/... ; returns the summary dict.
+
+    finish_in: an executor (one worker) to finish the case in the background: the figure, the last
+    writes, summary.json and the rename into place run there while the caller starts the next case,
+    and the return value is a Future of the summary (a cohort's per-case overhead then overlaps the
+    next explanation). Without it everything is done before returning. load_seconds: the time the
+    caller spent reading the case, reported in summary.json with the preprocessing.
+    """
     final = Path(out_root) / case.name
     if final.exists() and not overwrite:
         raise InputError(f"{final} exists; pass --overwrite to replace it or --resume to skip finished cases")
@@ -60,18 +68,27 @@ def explain_case(explainer, case: Case, methods: Sequence[str], out_root: Path, 
     if want is not None and case.data.shape[-1] != want:
         raise InputError(f"case '{case.name}' has {case.data.shape[-1]} channels but the model input takes {want}")
     x, geometry = prepare(case.data, model_spatial_shape(explainer), explainer.layout, explainer.card.normalize)
-    timings["load_and_preprocess_s"] = time.perf_counter() - t0
+    timings["load_and_preprocess_s"] = load_seconds + time.perf_counter() - t0
     stage = Path(out_root) / f".{case.name}.partial{os.getpid()}"
     if stage.exists():
         shutil.rmtree(stage)
     stage.mkdir(parents=True)
     try:
-        summary = _run(explainer, case, methods, x, geometry, stage, target, region, params or {}, timings, progress)
-        _commit(stage, final)
-    finally:
-        if stage.exists():
-            shutil.rmtree(stage, ignore_errors=True)
-    return summary
+        finish = _run(explainer, case, methods, x, geometry, stage, target, region, params or {}, timings, progress)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+
+    def complete() -> dict:
+        try:
+            summary = finish()
+            _commit(stage, final)
+            return summary
+        finally:
+            if stage.exists():
+                shutil.rmtree(stage, ignore_errors=True)
+
+    return complete() if finish_in is None else finish_in.submit(complete)
 
 
 def _commit(stage: Path, final: Path) -> None:
@@ -84,24 +101,39 @@ def _commit(stage: Path, final: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _run(explainer, case, methods, x, geometry, stage, target, region, params, timings, progress) -> dict:
-    # NIfTI files are compressed and written on a background thread: the next method (or the figure)
-    # runs meanwhile, and every write is waited for before the case is committed
-    with ThreadPoolExecutor(1) as writer:
-        pending = [writer.submit(figures.load_matplotlib)]  # its import (~0.4 s) overlaps the forward pass
-        summary = _explain_all(explainer, case, methods, x, geometry, stage, target, region, params, timings,
-                               progress, lambda *a: pending.append(writer.submit(save_nifti, *a)))
-        t = time.perf_counter()
-        for job in pending:
-            job.result()
-        timings["finish_writes_s"] = time.perf_counter() - t
-    summary["timings"] = {k: round(v, 4) for k, v in timings.items()}
-    save_json(stage / SUMMARY, summary)
-    return summary
+def _run(explainer, case, methods, x, geometry, stage, target, region, params, timings, progress):
+    """Explain with every method; returns the function that finishes the case (figure, last writes,
+    summary.json). NIfTI files are compressed and written on a background thread while the next
+    method runs; every write is waited for before the summary is written."""
+    writer = ThreadPoolExecutor(1)
+    pending = [writer.submit(figures.load_matplotlib)]  # its import (~0.4 s) overlaps the forward pass
+    try:
+        summary, figure = _explain_all(explainer, case, methods, x, geometry, stage, target, region, params,
+                                       timings, progress, lambda *a: pending.append(writer.submit(save_nifti, *a)))
+    except BaseException:
+        writer.shutdown(wait=True)
+        raise
+
+    def finish() -> dict:
+        try:
+            t = time.perf_counter()
+            figure()
+            timings["figure_s"] = time.perf_counter() - t
+            t = time.perf_counter()
+            for job in pending:
+                job.result()
+            timings["finish_writes_s"] = time.perf_counter() - t
+        finally:
+            writer.shutdown(wait=True)
+        summary["timings"] = {k: round(v, 4) for k, v in timings.items()}
+        save_json(stage / SUMMARY, summary)
+        return summary
+
+    return finish
 
 
 def _explain_all(explainer, case, methods, x, geometry, stage, target, region, params, timings, progress,
-                 write) -> dict:
+                 write) -> tuple[dict, Callable[[], None]]:
     t = time.perf_counter()
     output, scores = explainer.predict_and_score(x, region=region)
     timings["forward_s"] = time.perf_counter() - t
@@ -165,15 +197,16 @@ def _explain_all(explainer, case, methods, x, geometry, stage, target, region, p
             entry["true_tumour_share_of_brain"] = tumour_share
         entry["write_seconds"] = round(time.perf_counter() - t, 4)
         summary["methods"][name] = entry
-    t = time.perf_counter()
-    center = _figure_center(case, pred_mask, maps)
-    bg = case.channels.index("flair") if "flair" in case.channels else 0
-    contour = case.seg > 0 if case.seg is not None else pred_mask
-    figures.overview(stage / "overview.png", case.data[..., bg], maps, center,
-                     title=f"{case.name}: {explainer.task}, target {summary['methods'][next(iter(maps))]['target']}"
-                     if maps else case.name, contour=contour)
-    timings["figure_s"] = time.perf_counter() - t
-    return summary
+    title = f"{case.name}: {explainer.task}, target {summary['methods'][next(iter(maps))]['target']}" \
+        if maps else case.name
+
+    def figure():
+        center = _figure_center(case, pred_mask, maps)
+        bg = case.channels.index("flair") if "flair" in case.channels else 0
+        contour = case.seg > 0 if case.seg is not None else pred_mask
+        figures.overview(stage / "overview.png", case.data[..., bg], maps, center, title=title, contour=contour)
+
+    return summary, figure
 
 
 def _plain(params: dict) -> dict:
