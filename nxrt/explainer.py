@@ -246,27 +246,36 @@ class Explainer:
         return self._forward[key]
 
     def session(self, sample_shape: tuple, guided: bool, region_kind: str | None, layers: Sequence[str] = ()):
-        """The cached session computing scores, the input gradient and the given layers' gradients."""
-        for layer in layers:
-            if layer not in self._layers:
-                self._layers.append(layer)
-        want = tuple(self._layers) if not guided else ()
+        """The cached session computing scores and the input gradient (guided or not), or, when
+        `layers` are given, the scores and those layers' activations and gradients only.
+
+        A layer session differentiates down to its layers and no further (Grad-CAM at the last
+        Conv of a DynUNet: 56 nodes instead of 434, 2.6x faster than also computing the input
+        gradient). It carries every layer asked for so far, so a layer sweep builds one session.
+        """
         spec = replace(self.spec, region=region_kind)
+        if layers:
+            for layer in layers:
+                if layer not in self._layers:
+                    self._layers.append(layer)
+            kind, want, wrt = "layers", tuple(self._layers), ()
+        else:
+            kind, want, wrt = "grad", (), (passes.INPUT_ALIAS,)
         for key, (sess, have) in self._sessions.items():
-            if key[:4] == ("grad", sample_shape, guided, spec.key()) and set(want) <= set(have):
+            if key[:4] == (kind, sample_shape, guided, spec.key()) and set(want) <= set(have):
                 return sess
         self.builds += 1
         fixed = self._fixed_model(sample_shape)
-        options = {"layers": list(want), "guided": guided, "score": list(spec.key())}
-        aug = cached(fixed, options, lambda: passes.augment(fixed, layers=want, guided=guided, score=spec))
+        options = {"layers": list(want), "guided": guided, "score": list(spec.key()), "wrt": list(wrt)}
+        aug = cached(fixed, options, lambda: passes.augment(fixed, wrt=wrt, layers=want, guided=guided, score=spec))
         sess = make_session(aug, self.providers, self.threads)
         if self._auto_batch:  # the gradient graph's own activation sizes refine the forward's guess
             self.batch_size = auto_batch_size(aug)
         # a session exposing more layers supersedes the older ones: drop them (they hold memory)
         for key in [k for k, v in self._sessions.items()
-                    if k[:4] == ("grad", sample_shape, guided, spec.key()) and set(v[1]) <= set(want)]:
+                    if k[:4] == (kind, sample_shape, guided, spec.key()) and set(v[1]) <= set(want)]:
             del self._sessions[key]
-        self._sessions[("grad", sample_shape, guided, spec.key(), want)] = (sess, want)
+        self._sessions[(kind, sample_shape, guided, spec.key(), want)] = (sess, want)
         return sess
 
 
