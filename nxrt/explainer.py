@@ -250,8 +250,9 @@ class Explainer:
         `layers` are given, the scores and those layers' activations and gradients only.
 
         A layer session differentiates down to its layers and no further (Grad-CAM at the last
-        Conv of a DynUNet: 56 nodes instead of 434, 2.6x faster than also computing the input
-        gradient). It carries every layer asked for so far, so a layer sweep builds one session.
+        Conv of a DynUNet: 56 nodes, forward included, instead of 434, and 2.6x faster than also
+        computing the input gradient). It carries every layer asked for so far, so a layer sweep
+        builds one session.
         """
         spec = replace(self.spec, region=region_kind)
         if layers:
