@@ -38,16 +38,22 @@ class SmoothGrad(Method):
         params = base_method.params(dict(base_params or {}))
         rng = np.random.default_rng(seed) if seed is not None else ctx.rng
         sigma = noise * float(x.max() - x.min())
-        noisy = x + rng.standard_normal((samples,) + x.shape[1:]).astype(np.float32) * np.float32(sigma)
-        if base_method.name == "vanilla":
-            attrs = ctx.gradient(noisy, target).astype(np.float64)
-        else:
-            attrs = np.concatenate([base_method.explain(ctx, noisy[i:i + 1], target, **params)
-                                    for i in range(samples)], axis=0).astype(np.float64)
-        if kind == "mean":
-            out = attrs.mean(axis=0)
-        elif kind == "squared":
-            out = (attrs ** 2).mean(axis=0)
-        else:
-            out = (attrs ** 2).mean(axis=0) - attrs.mean(axis=0) ** 2
+        # noisy copies are drawn, explained and summed a chunk at a time (the same random stream as
+        # drawing them all at once), so memory holds one chunk, not every sample and its gradient
+        chunk = max(1, ctx.batch_size) if base_method.name == "vanilla" else 1
+        total = total_sq = None
+        for start in range(0, samples, chunk):
+            n = min(chunk, samples - start)
+            noisy = x + rng.standard_normal((n,) + x.shape[1:]).astype(np.float32) * np.float32(sigma)
+            if base_method.name == "vanilla":
+                attrs = ctx.gradient(noisy, target)
+            else:
+                attrs = base_method.explain(ctx, noisy, target, **params)
+            attrs = attrs.astype(np.float64)
+            if total is None:
+                total, total_sq = np.zeros(attrs.shape[1:]), np.zeros(attrs.shape[1:])
+            total += attrs.sum(axis=0)
+            total_sq += (attrs ** 2).sum(axis=0)
+        mean, mean_sq = total / samples, total_sq / samples
+        out = mean if kind == "mean" else mean_sq if kind == "squared" else mean_sq - mean ** 2
         return out[None].astype(np.float32)
