@@ -89,10 +89,11 @@ def session_options(threads: int | None = None, low_memory: bool = False):
 class Session:
     """An onnxruntime InferenceSession whose runs flush subnormal floats to zero on every thread.
 
-    onnxruntime's `session.set_denormal_as_zero` covers its pool threads; a run also computes on the
-    calling (Python) thread, where subnormals are ~100x slow. `run` sets the calling thread's
-    flush-to-zero / denormals-are-zero bits for the duration of the run and restores them after, so
-    numpy and the user's code never see the change. Everything else is the wrapped session's.
+    onnxruntime's `session.set_denormal_as_zero` flushes on its pool threads; `run` also sets the
+    calling (Python) thread's flush-to-zero / denormals-are-zero bits for the duration of the run
+    and restores them after, so numpy and the user's code never see the change (demo segmenter
+    gradient: 2.3-2.6 s with the option alone, 1.3-1.7 s with this too, 5.1 s with neither).
+    Everything else is the wrapped session's.
     """
 
     def __init__(self, session):
