@@ -59,10 +59,9 @@ def channel_magnitude(attribution: np.ndarray, channel_axis: int = 0) -> np.ndar
     return out
 
 
-def display_map(attribution: np.ndarray, channel_axis: int | None = 0, percentile: float = 99.0) -> np.ndarray:
-    """|a| summed over channels, clipped at the given percentile (nearest rank), scaled to 0..1 (float32).
-    channel_axis=None: `attribution` already is that magnitude."""
-    a = np.asarray(attribution, np.float32) if channel_axis is None else channel_magnitude(attribution, channel_axis)
+def display_map(attribution: np.ndarray, channel_axis: int = 0, percentile: float = 99.0) -> np.ndarray:
+    """|a| summed over channels, clipped at the given percentile (nearest rank), scaled to 0..1 (float32)."""
+    a = channel_magnitude(attribution, channel_axis)
     top = display_scale(a, percentile)
     return (np.minimum(a, top) / top).astype(np.float32)
 

@@ -98,18 +98,6 @@ def _sums(ch: np.ndarray, block: int = 1 << 20) -> tuple[float, float]:
     return total, squares
 
 
-def normalize(data: np.ndarray, mode: str | None, stats=None) -> np.ndarray:
-    """Per-channel normalisation of [*spatial, C]: 'zscore' inside the brain (nonzero voxels of that
-    channel), 'minmax' to 0..1, or 'none'. Background (zero) voxels stay zero under zscore.
-    stats: channel_stats() of the full image when `data` is a crop of it."""
-    mode = mode or "none"
-    stats = stats if stats is not None else channel_stats(data, mode)
-    out = np.empty(data.shape, np.float32)
-    for c, stat in enumerate(stats):
-        out[..., c] = _normalize_channel(data[..., c], mode, stat)
-    return out
-
-
 def _normalize_channel(ch: np.ndarray, mode: str, stat: tuple[float, float]) -> np.ndarray:
     offset, scale = np.float32(stat[0]), np.float32(stat[1])
     if mode == "zscore":
