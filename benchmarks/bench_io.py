@@ -3,7 +3,8 @@
 A 240x240x155, 4-channel BraTS-style case (2021 names) is explained with the vanilla gradient by a
 MONAI DynUNet (16-32-64-128, instance norm) whose input is the centre 128^3 crop; the script reports
 loading + preprocessing, the explanation, and writing every output (NIfTI maps, prediction,
-overview.png, summary.json), from `summary.json`'s own timings and the wall clock.
+overview.png, summary.json), from `summary.json`'s own timings and the wall clock. Shares are of
+the gradient's run time alone (the one-off session build is listed apart).
 
     .venv/bin/python benchmarks/bench_io.py
 """
@@ -52,7 +53,10 @@ def main() -> None:
         wall = time.perf_counter() - t0
         summary = json.loads((out / "BraTS2021_00000" / "summary.json").read_text())
     t = summary["timings"]
-    explain_s = summary["methods"]["vanilla"]["seconds"]
+    # the denominator is the gradient's own run time: the session build (augmenting the graph, or
+    # reading it from the cache, and onnxruntime's initialisation) is reported apart, not counted
+    build_s = summary["methods"]["vanilla"]["session_build_seconds"]
+    explain_s = summary["methods"]["vanilla"]["seconds"] - build_s
     io_s = t["load_and_preprocess_s"] + summary["methods"]["vanilla"]["write_seconds"] + t["figure_s"] + \
         t.get("prediction_s", 0.0) + t["finish_writes_s"]
     lines = [
@@ -61,9 +65,13 @@ def main() -> None:
         "",
         "| stage | seconds | share of the explanation time |",
         "|---|---|---|",
-        f"| load (4 gzip NIfTI files) + preprocess (z-score, crop) | {t['load_and_preprocess_s']:.2f} | "
-        f"{t['load_and_preprocess_s'] / explain_s:.1%} |",
-        f"| vanilla gradient (the explanation) | {explain_s:.2f} | 100% |",
+        f"| load (4 gzip NIfTI files; read ahead while the model loads) | {t['load_s']:.2f} | "
+        f"{t['load_s'] / explain_s:.1%} |",
+        f"| preprocess (z-score statistics over the image, normalised crop) | {t['preprocess_s']:.2f} | "
+        f"{t['preprocess_s'] / explain_s:.1%} |",
+        f"| vanilla gradient (the explanation: onnxruntime running the gradient graph) | {explain_s:.2f} | 100% |",
+        f"| building the gradient graph and its onnxruntime session (not counted above) | {build_s:.2f} | "
+        f"{build_s / explain_s:.1%} |",
         f"| forward pass (scores + segmentation output) | {t['forward_s']:.2f} | {t['forward_s'] / explain_s:.1%} |",
         f"| prediction labels (argmax, inverse crop, write) | {t.get('prediction_s', 0.0):.2f} | "
         f"{t.get('prediction_s', 0.0) / explain_s:.1%} |",

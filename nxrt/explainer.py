@@ -98,6 +98,7 @@ class Explainer:
         self._layers: list[str] = []
         self.info: dict[str, Any] = {}
         self.builds = 0  # augmented models built by this Explainer (the cache tests count these)
+        self.build_seconds = 0.0  # time spent building graphs and onnxruntime sessions, in total
 
     # ------------------------------------------------------------------ properties
 
@@ -153,7 +154,7 @@ class Explainer:
         params = impl.params(params)
         x = self.check_input(x)
         ctx = self.context(x, region)
-        t0 = time.perf_counter()
+        t0, built = time.perf_counter(), self.build_seconds
         outs = []
         targets = []
         for i in range(x.shape[0]):
@@ -162,7 +163,7 @@ class Explainer:
             targets.append(ti)
             outs.append(np.asarray(impl.explain(ctx, xi, ti, **params), dtype=np.float32))
         self.info = {"method": impl.name, "params": params, "targets": targets,
-                     "seconds": time.perf_counter() - t0, **ctx.info}
+                     "seconds": time.perf_counter() - t0, "build_seconds": self.build_seconds - built, **ctx.info}
         return np.concatenate(outs, axis=0)
 
     # ------------------------------------------------------------------ helpers for plugins
@@ -236,6 +237,7 @@ class Explainer:
         """The cached forward-only session: the model's outputs plus `nxrt_scores`, no gradients."""
         key = (sample_shape, region_kind)
         if key not in self._forward:
+            t0 = time.perf_counter()
             spec = replace(self.spec, region=region_kind)
             model = passes.score_model(self._fixed_model(sample_shape), spec)
             self._forward[key] = make_session(model, self.providers, self.threads)
@@ -243,6 +245,7 @@ class Explainer:
                 # a gradient holds about three times a forward's activations; the gradient session
                 # (which knows exactly) keeps this unless it was set explicitly
                 self.batch_size = max(1, auto_batch_size(model) // 3)
+            self.build_seconds += time.perf_counter() - t0
         return self._forward[key]
 
     def session(self, sample_shape: tuple, guided: bool, region_kind: str | None, layers: Sequence[str] = ()):
@@ -266,6 +269,7 @@ class Explainer:
             if key[:4] == (kind, sample_shape, guided, spec.key()) and set(want) <= set(have):
                 return sess
         self.builds += 1
+        t0 = time.perf_counter()
         fixed = self._fixed_model(sample_shape)
         options = {"layers": list(want), "guided": guided, "score": list(spec.key()), "wrt": list(wrt)}
         aug = cached(fixed, options, lambda: passes.augment(fixed, wrt=wrt, layers=want, guided=guided, score=spec))
@@ -277,6 +281,7 @@ class Explainer:
                     if k[:4] == (kind, sample_shape, guided, spec.key()) and set(v[1]) <= set(want)]:
             del self._sessions[key]
         self._sessions[(kind, sample_shape, guided, spec.key(), want)] = (sess, want)
+        self.build_seconds += time.perf_counter() - t0
         return sess
 
 

@@ -97,6 +97,70 @@ def test_geometry_round_trip_lands_on_the_right_world_coordinate(tmp_path):
     assert data.shape == IMAGE_GRID + (4,)
 
 
+@pytest.mark.parametrize("image_shape, model_shape", [((50, 60, 33), (40, 64, 32)), ((20, 21, 22), (32, 16, 8)),
+                                                       ((30, 30), (20, 40))])
+def test_lazy_image_grid_equals_the_full_inverse_crop(tmp_path, image_shape, model_shape):
+    """InImageGrid (the writer's and the figure's view of a model-space map) gives the same bytes,
+    slices and NIfTI files as building the whole image-grid array."""
+    from nxrt.imaging.preprocess import Geometry, InImageGrid
+    from nxrt.imaging.writer import save_nifti
+
+    rng = np.random.default_rng(0)
+    geometry = Geometry.centred(image_shape, model_shape)
+    for trailing in ((), (3,)):
+        volume = rng.standard_normal(model_shape + trailing).astype(np.float32)
+        lazy, full = InImageGrid(volume, geometry), geometry.to_image(volume)
+        assert lazy.shape == full.shape and np.array_equal(np.asarray(lazy), full)
+        for axis, n in enumerate(image_shape):
+            for k in (0, n // 2, n - 1):
+                key = tuple(k if a == axis else slice(None) for a in range(len(image_shape)))
+                assert np.array_equal(lazy[key], full[key]), (axis, k)
+        streamed = np.concatenate([b.T.reshape(-1) for b in lazy.fortran_blocks(block_bytes=1000)])
+        assert np.array_equal(streamed, full.T.reshape(-1))
+        affine = oblique_affine()
+        header = nib.Nifti1Header()
+        header.set_qform(affine, code=1)
+        header.set_sform(affine, code=2)
+        for name, data in (("full.nii.gz", full), ("lazy.nii.gz", lazy), ("lazy.nii", lazy)):
+            save_nifti(tmp_path / name, data, affine, header)
+            back = nib.load(str(tmp_path / name))
+            assert np.array_equal(np.asarray(back.dataobj), full) and np.allclose(back.affine, affine)
+        # byte-identical files once inflated (the gzip members are cut differently)
+        import gzip
+
+        assert gzip.decompress((tmp_path / "full.nii.gz").read_bytes()) == (tmp_path / "lazy.nii").read_bytes()
+
+
+def test_loaded_voxels_equal_nibabels_for_scaled_big_endian_and_float_files(tmp_path):
+    """Cases are read from the files' bytes directly when nothing is scaled; scaled (scl_slope /
+    scl_inter), big-endian and float files must still load exactly as nibabel reads them."""
+    rng = np.random.default_rng(3)
+    base = rng.integers(-200, 3000, IMAGE_GRID).astype(np.int16)
+    files = {}
+    scaled = nib.Nifti1Image(base, oblique_affine())
+    scaled.header.set_slope_inter(0.5, 10.0)
+    files["flair"] = scaled
+    files["t1"] = nib.Nifti1Image(base.astype(">i2"), oblique_affine())
+    files["t1ce"] = nib.Nifti1Image(base.astype(np.float32) / 7, oblique_affine())
+    files["t2"] = nib.Nifti1Image(base.astype(np.uint16) if base.min() >= 0 else base, oblique_affine())
+    for name, img in files.items():
+        nib.save(img, str(tmp_path / f"case_{name}{'.nii' if name == 't1' else '.nii.gz'}"))
+    case = load_case(tmp_path / "case", channels=CHANNELS)
+    for k, name in enumerate(CHANNELS):
+        path = next(tmp_path.glob(f"case_{name}.nii*"))
+        np.testing.assert_array_equal(case.data[..., k], nib.load(str(path)).get_fdata(dtype=np.float32))
+
+
+def test_channel_argmax_equals_numpy_argmax_ties_included():
+    from nxrt.postprocess import channel_argmax
+
+    rng = np.random.default_rng(1)
+    scores = rng.integers(0, 3, (4, 9, 10, 11)).astype(np.float32)  # many ties
+    np.testing.assert_array_equal(channel_argmax(scores, 0), np.argmax(scores, axis=0))
+    last = np.moveaxis(scores, 0, -1).copy()
+    np.testing.assert_array_equal(channel_argmax(last, -1), np.argmax(last, axis=-1))
+
+
 def test_explain_outputs_overlay_the_scan(model, tmp_path):
     write_case(tmp_path / "BraTS2021_00001", "BraTS2021_00001")
     out = tmp_path / "out"
@@ -125,7 +189,26 @@ def test_explain_outputs_overlay_the_scan(model, tmp_path):
     case = load_case(tmp_path / "BraTS2021_00001", channels=CHANNELS)
     x, geometry = prepare(case.data, MODEL_GRID, "channels_first", "zscore")
     want = to_image_channels_last(ex.explain(x, "vanilla")[0], "channels_first", geometry)
-    np.testing.assert_allclose(np.asarray(nib.load(str(d / "vanilla.nii.gz")).dataobj), want, rtol=1e-6, atol=1e-9)
+    raw = np.asarray(nib.load(str(d / "vanilla.nii.gz")).dataobj)
+    np.testing.assert_allclose(raw, want, rtol=1e-6, atol=1e-9)
+    # the summary's numbers (computed on the model's crop) equal the same numbers recomputed here
+    # from the written image-grid files
+    magnitude = np.abs(raw).sum(axis=-1, dtype=np.float64)
+    flat = np.sort(magnitude.ravel())
+    top = flat[int(round(0.99 * (flat.size - 1)))]
+    np.testing.assert_allclose(m, np.minimum(magnitude, top) / top, rtol=1e-5, atol=1e-7)
+    entry = summary["methods"]["vanilla"]
+    com = np.array([(magnitude.sum(axis=tuple(a for a in range(3) if a != k)) * np.arange(n)).sum()
+                    for k, n in enumerate(IMAGE_GRID)]) / magnitude.sum()
+    np.testing.assert_allclose(entry["centroid_mm"], (src.affine @ np.append(com, 1.0))[:3], atol=2e-3)
+    seg = np.asarray(nib.load(str(tmp_path / "BraTS2021_00001" / "BraTS2021_00001_seg.nii.gz")).dataobj)
+    pred = np.asarray(nib.load(str(d / "prediction.nii.gz")).dataobj)
+    assert entry["share_in_true_tumour"] == pytest.approx(magnitude[seg > 0].sum() / magnitude.sum(), rel=1e-5)
+    assert entry["share_in_predicted_tumour"] == pytest.approx(magnitude[pred > 0].sum() / magnitude.sum(), rel=1e-5)
+    brain = np.any(case.data != 0, axis=-1)
+    assert entry["true_tumour_share_of_brain"] == pytest.approx((seg > 0).sum() / brain.sum())
+    labels, counts = np.unique(pred, return_counts=True)
+    assert summary["prediction"]["voxels_per_label"] == {str(v): int(n) for v, n in zip(labels, counts, strict=True)}
 
 
 def test_overview_png_is_a_real_picture(model, tmp_path):

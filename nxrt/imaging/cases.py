@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,6 +57,46 @@ def strip_nifti(name: str) -> str:
     return name
 
 
+#: files being read ahead of time: resolved path -> Future of the file's (inflated) bytes
+_prefetched: dict[Path, Future] = {}
+
+
+def prefetch(source: str | Path | None) -> None:
+    """Start reading and inflating the NIfTI files of a case on helper threads, so that
+    `load_case` finds their bytes ready (the CLI starts this for the first case before it loads
+    the model). Anything odd about `source` is ignored here: `load_case` reports it."""
+    if source is None:
+        return
+    try:
+        path = Path(source)
+        if path.is_dir():
+            files = [f for f in sorted(path.iterdir()) if f.name.endswith(NIFTI_EXTS)]
+        elif path.is_file():
+            files = [path]
+        else:  # a BraTS file prefix
+            files = sorted(path.parent.glob(f"{path.name}*.nii*")) if path.parent.is_dir() else []
+        files = [f.resolve() for f in files if f.is_file()][:8]
+    except OSError:
+        return
+    if not files:
+        return
+    pool = ThreadPoolExecutor(min(len(files), os.cpu_count() or 1))
+    for f in files:
+        _prefetched[f] = pool.submit(_read, f)
+    pool.shutdown(wait=False)
+
+
+def forget_prefetched() -> None:
+    """Drop read-ahead bytes nobody asked for (after the first case is loaded)."""
+    _prefetched.clear()
+
+
+def _read(path: Path) -> bytes:
+    # one read + ISA-L inflate instead of nibabel's streamed zlib: the gzip step is most of a load
+    raw = path.read_bytes()
+    return gunzip(raw) if path.name.endswith(".gz") else raw
+
+
 def _load_nifti(path: Path):
     import nibabel as nib
 
@@ -65,14 +105,31 @@ def _load_nifti(path: Path):
     if not any(path.name.endswith(e) for e in NIFTI_EXTS):
         raise InputError(f"{path}: not a NIfTI file (.nii or .nii.gz); convert it first (e.g. dcm2niix)")
     try:
-        raw = path.read_bytes()
-        # one read + ISA-L inflate instead of nibabel's streamed zlib: the gzip step is most of a load
-        img = nib.Nifti1Image.from_bytes(gunzip(raw) if path.name.endswith(".gz") else raw)
-        data = np.asanyarray(img.dataobj)
+        ahead = _prefetched.pop(path.resolve(), None)
+        try:
+            raw = ahead.result() if ahead is not None else None
+        except Exception:
+            raw = None  # read it again below, to report the problem
+        raw = raw if raw is not None else _read(path)
+        img = nib.Nifti1Image.from_bytes(raw)
+        data = _voxels(img, raw)
     except Exception as exc:
         raise InputError(f"{path}: cannot read it as NIfTI ({type(exc).__name__}: {exc}); is the file complete?") \
             from None
     return img, data
+
+
+def _voxels(img, raw: bytes) -> np.ndarray:
+    """The image's voxel array: a read-only view of the file's bytes when nothing needs scaling
+    (the usual case; no 18 MB copy per BraTS volume), else nibabel's scaled array."""
+    proxy = img.dataobj
+    slope, inter = float(getattr(proxy, "slope", 1.0)), float(getattr(proxy, "inter", 0.0))
+    offset, dtype = getattr(proxy, "offset", None), getattr(proxy, "dtype", None)
+    count = int(np.prod(img.shape, dtype=np.int64))
+    if offset is not None and dtype is not None and getattr(proxy, "order", "F") == "F" and \
+            slope == 1.0 and inter == 0.0 and len(raw) >= offset + count * np.dtype(dtype).itemsize:
+        return np.ndarray(img.shape, dtype, buffer=raw, offset=offset, order="F")
+    return np.asanyarray(proxy)
 
 
 def _find(stem: Path, suffixes: Sequence[str]) -> Path | None:

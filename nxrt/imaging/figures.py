@@ -34,6 +34,16 @@ def _window(vol: np.ndarray) -> tuple[float, float]:
     return float(lo), float(hi if hi > lo else lo + 1)
 
 
+def _blend(grey: np.ndarray, overlay: np.ndarray, cmap, alpha: float = 0.55, floor: float = 0.05) -> np.ndarray:
+    """The panel's RGB image: the grey scan with the colour-mapped map laid over it at `alpha`
+    where the map exceeds `floor` (what two stacked imshow calls would show, drawn as one image:
+    half the figure's rendering time)."""
+    rgb = np.repeat(grey, 3, axis=-1)
+    shown = overlay > floor
+    rgb[shown] = (1 - alpha) * rgb[shown] + alpha * cmap(overlay[shown])[:, :3]
+    return rgb
+
+
 def overview(path, background: np.ndarray, maps: dict[str, np.ndarray], center, title: str = "",
              contour: np.ndarray | None = None) -> None:
     """Rows: methods; columns: axial, coronal, sagittal slices through `center` (voxel index).
@@ -52,13 +62,12 @@ def overview(path, background: np.ndarray, maps: dict[str, np.ndarray], center, 
     lo, hi = _window(np.concatenate([b.ravel() for b in backgrounds.values()]))
     outlines = {o: _slice(contour, o, center).astype(np.float32) for o in ORIENTATIONS} \
         if contour is not None else {}
-    image = None
+    jet = plt.get_cmap("jet")
+    greys = {o: np.clip((b - lo) / (hi - lo), 0, 1)[..., None] for o, b in backgrounds.items()}
     for r, (name, m) in enumerate(maps.items()):
         for c, orient in enumerate(ORIENTATIONS):
             ax = axes[r, c]
-            ax.imshow(backgrounds[orient], cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
-            overlay = np.ma.masked_less_equal(_slice(m, orient, center), 0.05)
-            image = ax.imshow(overlay, cmap="jet", vmin=0, vmax=1, alpha=0.55, interpolation="nearest")
+            ax.imshow(_blend(greys[orient], _slice(m, orient, center), jet), interpolation="nearest")
             if orient in outlines and outlines[orient].any():
                 ax.contour(outlines[orient], levels=[0.5], colors="white", linewidths=0.8)
             ax.set_xticks([])
@@ -75,9 +84,10 @@ def overview(path, background: np.ndarray, maps: dict[str, np.ndarray], center, 
     top = 1 - (0.75 if title else 0.35) / height
     fig.subplots_adjust(left=0.45 / width, right=0.9, bottom=0.1 / height, top=top, wspace=0.04,
                         hspace=0.25 / 3.1)
-    if image is not None:
+    if maps:
         cax = fig.add_axes((0.92, 0.15, 0.02, 0.7))
-        fig.colorbar(image, cax=cax, label="attribution (0..1, 99th percentile)")
+        scale = plt.cm.ScalarMappable(norm=plt.Normalize(0, 1), cmap=jet)
+        fig.colorbar(scale, cax=cax, label="attribution (0..1, 99th percentile)")
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=90, format="png")
     plt.close(fig)

@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from ..postprocess import channel_magnitude, display_scale
+from ..postprocess import channel_argmax, channel_magnitude, display_scale
 from . import figures
 from .cases import Case
-from .preprocess import prepare, to_image_channels_last
+from .preprocess import InImageGrid, prepare
 from .writer import save_json, save_nifti
 
 SUMMARY = "summary.json"
@@ -68,7 +68,9 @@ def explain_case(explainer, case: Case, methods: Sequence[str], out_root: Path, 
     if want is not None and case.data.shape[-1] != want:
         raise InputError(f"case '{case.name}' has {case.data.shape[-1]} channels but the model input takes {want}")
     x, geometry = prepare(case.data, model_spatial_shape(explainer), explainer.layout, explainer.card.normalize)
-    timings["load_and_preprocess_s"] = load_seconds + time.perf_counter() - t0
+    timings["load_s"] = load_seconds
+    timings["preprocess_s"] = time.perf_counter() - t0
+    timings["load_and_preprocess_s"] = load_seconds + timings["preprocess_s"]
     stage = Path(out_root) / f".{case.name}.partial{os.getpid()}"
     if stage.exists():
         shutil.rmtree(stage)
@@ -139,21 +141,24 @@ def _explain_all(explainer, case, methods, x, geometry, stage, target, region, p
     timings["forward_s"] = time.perf_counter() - t
     summary = {"case": case.name, "sources": case.sources, "channels": case.channels, "task": explainer.task,
                "model_input_shape": list(x.shape), "image_shape": list(case.spatial_shape), "methods": {}}
-    pred_mask = None
+    pred_mask = None  # model space, inside the image (see Geometry.inside)
+    image_voxels = int(np.prod(case.spatial_shape))
     if explainer.task == "segmentation":
         t = time.perf_counter()
         out = output[0]
         ch = 0 if explainer.layout == "channels_first" else -1
-        labels_model = np.argmax(out, axis=ch).astype(np.int16)
+        labels_model = channel_argmax(out, ch)
         values = explainer.card.extra.get("label_values")
         if values:
             lut = np.array([int(v) for v in values.split(",")], np.int16)
             labels_model = lut[labels_model]
-        labels = geometry.to_image(labels_model)
-        write(stage / "prediction.nii.gz", labels, case.affine, case.header)
-        pred_mask = labels > 0
-        counts = {int(v): int(n) for v, n in zip(*np.unique(labels, return_counts=True), strict=True)}
-        summary["prediction"] = {"voxels_per_label": counts, "label_names": explainer.card.labels}
+        write(stage / "prediction.nii.gz", InImageGrid(labels_model, geometry), case.affine, case.header)
+        inside_labels = geometry.inside(labels_model)
+        pred_mask = inside_labels > 0
+        values, counts = np.unique(inside_labels, return_counts=True)
+        voxels = {int(v): int(n) for v, n in zip(values, counts, strict=True)}
+        voxels[0] = voxels.get(0, 0) + image_voxels - inside_labels.size  # the image outside the crop
+        summary["prediction"] = {"voxels_per_label": dict(sorted(voxels.items())), "label_names": explainer.card.labels}
         timings["prediction_s"] = time.perf_counter() - t
     else:
         probs = scores[0]
@@ -161,9 +166,11 @@ def _explain_all(explainer, case, methods, x, geometry, stage, target, region, p
         summary["prediction"] = {"class": int(np.argmax(probs)), "label": names[int(np.argmax(probs))]
                                  if len(names) == len(probs) else str(int(np.argmax(probs)))}
     summary["scores"] = [float(s) for s in scores[0]]
+    tumour = None
     if case.seg is not None:
-        tumour = case.seg > 0
-        tumour_share = float(tumour.sum() / max(1, np.count_nonzero(np.any(case.data != 0, axis=-1))))
+        tumour = geometry.inside_of_image(case.seg) > 0  # the true tumour, on the model's crop
+        tumour_share = float(np.count_nonzero(case.seg) / max(1, _brain_voxels(case.data)))
+    origin = np.array(geometry.image_origin(), np.float64)
     maps = {}
     for method in methods:
         if progress:
@@ -173,40 +180,53 @@ def _explain_all(explainer, case, methods, x, geometry, stage, target, region, p
         seconds = time.perf_counter() - t
         info = dict(explainer.info)
         t = time.perf_counter()
-        image_attr = to_image_channels_last(attr[0].astype(np.float32, copy=False), explainer.layout, geometry)
+        # Everything is computed on the model's crop (4x smaller than a BraTS grid); the image-grid
+        # files are produced from it, block by block, on the writer thread (InImageGrid).
+        sample = attr[0].astype(np.float32, copy=False)
+        channels_last = np.moveaxis(sample, 0, -1) if explainer.layout == "channels_first" else sample
         name = info["method"]
-        write(stage / f"{name}.nii.gz", image_attr, case.affine, case.header)
-        # the magnitude and the display map are computed on the model's crop (4x smaller than a BraTS
-        # grid), with the percentile taken over the whole image as DESIGN.md defines it
-        model_magnitude = channel_magnitude(attr[0], 0 if explainer.layout == "channels_first" else -1)
-        inside = geometry.inside(model_magnitude)
-        top = display_scale(inside, extra_zeros=int(np.prod(case.spatial_shape)) - inside.size)
-        dmap = geometry.to_image(np.minimum(model_magnitude, top) / np.float32(top))
-        magnitude = geometry.to_image(model_magnitude)
+        write(stage / f"{name}.nii.gz", InImageGrid(channels_last, geometry), case.affine, case.header)
+        model_magnitude = channel_magnitude(sample, 0 if explainer.layout == "channels_first" else -1)
+        magnitude = geometry.inside(model_magnitude)  # the image outside the crop has none
+        # the percentile is taken over the whole image, as DESIGN.md defines the display map
+        top = display_scale(magnitude, extra_zeros=image_voxels - magnitude.size)
+        dmap = InImageGrid(np.minimum(model_magnitude, top) / np.float32(top), geometry)
         write(stage / f"{name}_map.nii.gz", dmap, case.affine, case.header)
         maps[name] = dmap
+        ijk = _centre_of_mass(magnitude)
         entry = {"target": info["targets"][0], "params": _plain(info["params"]), "seconds": round(seconds, 4),
-                 "centroid_mm": _centroid_mm(magnitude, case.affine)}
+                 "session_build_seconds": round(info.get("build_seconds", 0.0), 4),
+                 "centroid_mm": None if ijk is None else
+                 [round(float(v), 3) for v in (case.affine @ np.append(ijk + origin, 1.0))[:3]]}
         if "layer" in info:
             entry["layer"] = info["layer"]
         total = float(magnitude.sum(dtype=np.float64))
         if pred_mask is not None and total > 0:
             entry["share_in_predicted_tumour"] = float(magnitude[pred_mask].sum(dtype=np.float64) / total)
-        if case.seg is not None and total > 0:
+        if tumour is not None and total > 0:
             entry["share_in_true_tumour"] = float(magnitude[tumour].sum(dtype=np.float64) / total)
             entry["true_tumour_share_of_brain"] = tumour_share
         entry["write_seconds"] = round(time.perf_counter() - t, 4)
         summary["methods"][name] = entry
     title = f"{case.name}: {explainer.task}, target {summary['methods'][next(iter(maps))]['target']}" \
         if maps else case.name
+    pred_image = None if pred_mask is None else InImageGrid(labels_model > 0, geometry)
 
     def figure():
-        center = _figure_center(case, pred_mask, maps)
+        center = _figure_center(case, pred_mask, origin, maps)
         bg = case.channels.index("flair") if "flair" in case.channels else 0
-        contour = case.seg > 0 if case.seg is not None else pred_mask
+        contour = case.seg > 0 if case.seg is not None else pred_image
         figures.overview(stage / "overview.png", case.data[..., bg], maps, center, title=title, contour=contour)
 
     return summary, figure
+
+
+def _brain_voxels(data: np.ndarray) -> int:
+    """Voxels where any channel is nonzero ([*spatial, C]; a channel at a time, no 4D temporary)."""
+    brain = data[..., 0] != 0
+    for c in range(1, data.shape[-1]):
+        brain |= data[..., c] != 0
+    return int(np.count_nonzero(brain))
 
 
 def _plain(params: dict) -> dict:
@@ -215,13 +235,6 @@ def _plain(params: dict) -> dict:
         out[k] = v.tolist() if isinstance(v, np.ndarray) and v.size <= 16 else \
             (f"array{list(v.shape)}" if isinstance(v, np.ndarray) else v)
     return out
-
-
-def _centroid_mm(weights: np.ndarray, affine: np.ndarray) -> list[float] | None:
-    ijk = _centre_of_mass(weights)
-    if ijk is None:
-        return None
-    return [round(float(v), 3) for v in (affine @ np.append(ijk, 1.0))[:3]]
 
 
 def _centre_of_mass(weights: np.ndarray) -> np.ndarray | None:
@@ -234,13 +247,16 @@ def _centre_of_mass(weights: np.ndarray) -> np.ndarray | None:
                      for k, n in enumerate(weights.shape)]) / total
 
 
-def _figure_center(case: Case, pred_mask, maps) -> tuple[float, ...]:
-    """Slices through the tumour (true, else predicted), else through the first map's centroid."""
-    for mask in (case.seg > 0 if case.seg is not None else None, pred_mask):
-        if mask is not None and mask.any():
-            return tuple(_centre_of_mass(mask.astype(np.float32)))
+def _figure_center(case: Case, pred_mask, origin: np.ndarray, maps) -> tuple[float, ...]:
+    """Slices through the tumour (true, else predicted), else through the first map's centroid.
+    pred_mask: on the model's crop, whose first voxel is image voxel `origin`."""
+    if case.seg is not None and np.any(case.seg):
+        return tuple(_centre_of_mass(case.seg > 0))
+    if pred_mask is not None and pred_mask.any():
+        return tuple(_centre_of_mass(pred_mask) + origin)
     if maps:
-        ijk = _centre_of_mass(next(iter(maps.values())))
+        first = next(iter(maps.values()))
+        ijk = _centre_of_mass(first.geometry.inside(first.volume))
         if ijk is not None:
-            return tuple(ijk)
+            return tuple(ijk + origin)
     return tuple(s / 2 for s in case.spatial_shape)

@@ -33,7 +33,7 @@ class Geometry:
         src, dst = [], []
         for i, m, o in zip(self.image_shape, self.model_shape, self.offsets, strict=True):
             lo_img, lo_mod = max(0, -o), max(0, o)
-            n = min(i - lo_img, m - lo_mod)
+            n = max(0, min(i - lo_img, m - lo_mod))  # 0: no overlap (a block wholly outside the crop)
             src.append(slice(lo_img, lo_img + n))
             dst.append(slice(lo_mod, lo_mod + n))
         return tuple(src), tuple(dst)
@@ -49,6 +49,15 @@ class Geometry:
         """The part of a model-space volume that lies inside the image (a view; padding dropped)."""
         return volume[self._slices()[1]]
 
+    def inside_of_image(self, volume: np.ndarray) -> np.ndarray:
+        """The part of an image-grid volume that the model sees (a view), voxel for voxel aligned
+        with `inside(...)` of a model-space volume."""
+        return volume[self._slices()[0]]
+
+    def image_origin(self) -> tuple[int, ...]:
+        """Image index of the first voxel of `inside(...)` (add it to an index found in that view)."""
+        return tuple(s.start for s in self._slices()[0])
+
     def to_image(self, volume: np.ndarray, fill: float = 0.0) -> np.ndarray:
         """[*model_shape, ...] -> [*image_shape, ...]: the exact inverse (cropped regions get `fill`)."""
         src, dst = self._slices()
@@ -58,33 +67,94 @@ class Geometry:
         return out
 
 
-def channel_stats(data: np.ndarray, mode: str | None) -> list[tuple[float, float]]:
-    """Per-channel (offset, scale) with normalized = (value - offset) / scale, from [*spatial, C].
+class InImageGrid:
+    """A model-space volume [*model_shape, *trailing] seen in the image grid, without building it.
+
+    What the outputs need of a 143 MB BraTS-size map is its bytes in NIfTI order (`fortran_blocks`,
+    a few MB at a time, for the compressor) and three slices (`[...]`, for the figure); computing
+    those from the model's crop avoids allocating, zero-filling and copying the whole grid.
+    `np.asarray(...)` still gives the full array.
+    """
+
+    def __init__(self, volume: np.ndarray, geometry: Geometry, fill: float = 0.0):
+        self.volume, self.geometry, self.fill = volume, geometry, fill
+        self.trailing = tuple(volume.shape[len(geometry.model_shape):])
+        self.shape = tuple(geometry.image_shape) + self.trailing
+        self.dtype = volume.dtype
+        self.ndim = len(self.shape)
+
+    def __array__(self, dtype=None, copy=None):
+        out = self.geometry.to_image(self.volume, self.fill)
+        return out if dtype is None else out.astype(dtype, copy=False)
+
+    def __getitem__(self, key) -> np.ndarray:
+        """Integer indices and full slices (`[:, :, z]`, `[x]`), over the spatial axes only."""
+        key = key if isinstance(key, tuple) else (key,)
+        g = self.geometry
+        key = key + (slice(None),) * (len(g.image_shape) - len(key))
+        key = key[:len(g.image_shape)]
+        kept = [axis for axis, k in enumerate(key) if isinstance(k, slice)]
+        picked = []
+        for axis, k in enumerate(key):
+            if isinstance(k, slice):
+                if k != slice(None):
+                    raise IndexError("InImageGrid takes integer indices and full slices only")
+                picked.append(slice(None))
+                continue
+            k = int(k) + (g.image_shape[axis] if k < 0 else 0)
+            if not 0 <= k < g.image_shape[axis]:
+                raise IndexError(f"index {k} is out of bounds for axis {axis} of size {g.image_shape[axis]}")
+            m = k + g.offsets[axis]
+            if not 0 <= m < g.model_shape[axis]:  # a cropped-away plane: all fill
+                return np.full(tuple(g.image_shape[a] for a in kept) + self.trailing, self.fill, self.dtype)
+            picked.append(m)
+        sub = Geometry(*(tuple(v[a] for a in kept) for v in (g.image_shape, g.model_shape, g.offsets)))
+        return np.ascontiguousarray(sub.to_image(self.volume[tuple(picked)], self.fill))
+
+    def fortran_blocks(self, block_bytes: int = 2 << 20):
+        """The image-grid array's bytes in Fortran (NIfTI) order, as a sequence of F-ordered arrays
+        of about `block_bytes` each: a run of planes along the last spatial axis, one trailing index
+        (channel) at a time, since in Fortran order the trailing axes vary slowest."""
+        g = self.geometry
+        plane = int(np.prod(g.image_shape[:-1], dtype=np.int64)) * self.dtype.itemsize
+        step = max(1, block_bytes // max(1, plane))
+        last = g.image_shape[-1]
+        for t in np.ndindex(*self.trailing[::-1]):
+            vol = self.volume[(Ellipsis, *t[::-1])] if t else self.volume
+            for k0 in range(0, last, step):
+                n = min(step, last - k0)
+                sub = Geometry(g.image_shape[:-1] + (n,), g.model_shape, g.offsets[:-1] + (g.offsets[-1] + k0,))
+                yield sub.to_image(vol, self.fill)
+
+
+MODES = ("zscore", "minmax", "none")
+
+
+def channel_stat(ch: np.ndarray, mode: str | None) -> tuple[float, float]:
+    """(offset, scale) of one channel, with normalized = (value - offset) / scale.
 
     zscore: mean and std of the channel's nonzero (brain) voxels; background voxels stay zero.
     The sums run over the whole channel (zeros add nothing to them), so no masked copy is made."""
     mode = mode or "none"
-    if mode not in ("zscore", "minmax", "none"):
-        raise InputError(f"normalisation '{mode}' is not one of zscore, minmax, none")
-    stats = []
-    for c in range(data.shape[-1]):
-        ch = data[..., c]
-        if mode == "zscore":
-            n = int(np.count_nonzero(ch))
-            if n == 0:
-                stats.append((0.0, 1.0))
-                continue
-            total, squares = _sums(ch)
-            mean = total / n
-            var = max(0.0, squares / n - mean * mean)
-            std = var ** 0.5
-            stats.append((mean, std if std > 0 else 1.0))
-        elif mode == "minmax":
-            lo, hi = float(ch.min()), float(ch.max())
-            stats.append((lo, hi - lo) if hi > lo else (lo, np.inf))
-        else:
-            stats.append((0.0, 1.0))
-    return stats
+    if mode not in MODES:
+        raise InputError(f"normalisation '{mode}' is not one of {', '.join(MODES)}")
+    if mode == "zscore":
+        n = int(np.count_nonzero(ch))
+        if n == 0:
+            return 0.0, 1.0
+        total, squares = _sums(ch)
+        mean = total / n
+        std = max(0.0, squares / n - mean * mean) ** 0.5
+        return mean, std if std > 0 else 1.0
+    if mode == "minmax":
+        lo, hi = float(ch.min()), float(ch.max())
+        return (lo, hi - lo) if hi > lo else (lo, np.inf)
+    return 0.0, 1.0
+
+
+def channel_stats(data: np.ndarray, mode: str | None) -> list[tuple[float, float]]:
+    """`channel_stat` of each channel of [*spatial, C] data."""
+    return [channel_stat(data[..., c], mode) for c in range(data.shape[-1])]
 
 
 def _sums(ch: np.ndarray, block: int = 1 << 20) -> tuple[float, float]:
@@ -120,14 +190,15 @@ def prepare(data: np.ndarray, model_spatial: tuple[int, ...] | None, layout: str
         raise InputError(f"the model takes {len(target)}D inputs but the case is {len(spatial)}D")
     geometry = Geometry.centred(spatial, target)
     mode = mode or "none"
-    stats = channel_stats(data, mode)
+    if mode not in MODES:
+        raise InputError(f"normalisation '{mode}' is not one of {', '.join(MODES)}")
     src, dst = geometry._slices()
     channels = data.shape[-1]
     first = layout == "channels_first"
     arr = np.zeros((1, channels, *target) if first else (1, *target, channels), np.float32)  # padding stays 0
-    for c, stat in enumerate(stats):
+    for c in range(channels):  # (threads over channels gain nothing here: these passes are memory-bound)
         into = arr[0, c] if first else arr[0, ..., c]
-        into[dst] = _normalize_channel(data[(*src, c)], mode, stat)
+        into[dst] = _normalize_channel(data[(*src, c)], mode, channel_stat(data[..., c], mode))
     return arr, geometry
 
 

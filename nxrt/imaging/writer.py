@@ -23,12 +23,14 @@ def atomic_path(path):
             tmp.unlink()
 
 
-def save_nifti(path, data: np.ndarray, affine: np.ndarray, header) -> None:
+def save_nifti(path, data, affine: np.ndarray, header) -> None:
     """Write data in the image grid with the case's affine and header (qform/sform codes, units kept).
 
-    The file is nibabel's own header followed by the voxels in NIfTI's Fortran order, streamed
-    straight from the array (byte-identical to `Nifti1Image.to_bytes()`, without its 143 MB copy of
-    a BraTS-size 4D map); .gz files are compressed in parallel gzip members.
+    data: an array in the image grid, or an `InImageGrid` (a model-space map and its geometry), whose
+    image-grid bytes are produced a few MB at a time and never held whole. The file is nibabel's own
+    header followed by the voxels in NIfTI's Fortran order (byte-identical to
+    `Nifti1Image.to_bytes()`, without its copy of the data); .gz files are compressed in parallel
+    gzip members.
     """
     import io
 
@@ -36,7 +38,8 @@ def save_nifti(path, data: np.ndarray, affine: np.ndarray, header) -> None:
 
     hdr = header.copy()
     hdr.set_data_dtype(data.dtype)
-    img = nib.Nifti1Image(data, affine, hdr)
+    # a zero-strided stand-in of the right shape and dtype: nibabel fills the header from it
+    img = nib.Nifti1Image(np.broadcast_to(np.zeros((), data.dtype), data.shape), affine, hdr)
     # keep the source's coordinate codes (nibabel would otherwise keep or reset them depending on the header)
     qcode, scode = int(header["qform_code"]), int(header["sform_code"])
     img.set_qform(affine, code=qcode if qcode else 1)
@@ -48,15 +51,21 @@ def save_nifti(path, data: np.ndarray, affine: np.ndarray, header) -> None:
     hdr.write_to(head)
     head = head.getvalue()
     head += b"\0" * (int(hdr.get_data_offset()) - len(head))
-    voxels = memoryview(np.asfortranarray(data).T.reshape(-1).view(np.uint8))  # a view when already F-ordered
+    if isinstance(data, np.ndarray):
+        blocks = [np.asfortranarray(data)]  # a view when already F-ordered
+    else:
+        blocks = data.fortran_blocks()
+    voxels = (memoryview(b.T.reshape(-1).view(np.uint8)) for b in blocks)
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             if str(path).endswith(".gz"):
                 f.write(_gzip(head))
-                f.write(_gzip(voxels))
+                for member in _gzip_stream(voxels):
+                    f.write(member)
             else:
                 f.write(head)
-                f.write(voxels)
+                for part in voxels:
+                    f.write(part)
 
 
 def save_json(path, obj) -> None:
@@ -73,23 +82,44 @@ def _jsonable(v):
 
 
 def _gzip(raw, level: int = 1) -> bytes:
-    """gzip in parallel: one gzip member per core, concatenated (a valid .gz that every gzip reader,
-    nibabel and the viewers' zlib included, reads as one stream). Intel ISA-L's igzip (the `isal`
-    package) compresses 4-6x faster than zlib at a ratio close to zlib's level 1 (nibabel's default)
-    and, like zlib, releases the GIL, so the members compress concurrently. raw: any bytes buffer."""
+    """One buffer as gzip members compressed in parallel (see `_gzip_stream`)."""
+    return b"".join(_gzip_stream([raw], level))
+
+
+def _gzip_stream(buffers, level: int = 1, member_bytes: int = 4 << 20):
+    """Compress a sequence of byte buffers into gzip members, one per core at a time, in order.
+
+    Concatenated gzip members are one valid .gz file that every gzip reader (nibabel and the
+    viewers' zlib included) reads as one stream. Intel ISA-L's igzip (the `isal` package)
+    compresses 4-6x faster than zlib at a ratio close to zlib's level 1 (nibabel's default) and,
+    like zlib, releases the GIL, so the members compress concurrently. Buffers are split into
+    members of at most `member_bytes`, and only two rounds of members are in flight, so a streamed
+    volume is never held whole.
+    """
+    from collections import deque
     from concurrent.futures import ThreadPoolExecutor
 
     from isal import igzip
 
-    view = memoryview(raw).cast("B")
-    parts = max(1, min(os.cpu_count() or 1, len(view) // (8 << 20)))
-    if parts == 1:
+    workers = os.cpu_count() or 1
+
+    def pieces():
+        for raw in buffers:
+            view = memoryview(raw).cast("B")
+            for i in range(0, max(1, len(view)), member_bytes):
+                yield view[i:i + member_bytes]
+
+    def compress(view):
         return igzip.compress(view, compresslevel=level, mtime=0)
-    step = -(-len(view) // parts)
-    with ThreadPoolExecutor(parts) as pool:
-        members = pool.map(lambda i: igzip.compress(view[i:i + step], compresslevel=level, mtime=0),
-                           range(0, len(view), step))
-        return b"".join(members)
+
+    with ThreadPoolExecutor(workers) as pool:
+        inflight = deque()
+        for view in pieces():
+            inflight.append(pool.submit(compress, view))
+            if len(inflight) >= 2 * workers:
+                yield inflight.popleft().result()
+        while inflight:
+            yield inflight.popleft().result()
 
 
 def gunzip(data: bytes) -> bytes:
