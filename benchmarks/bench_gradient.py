@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -24,6 +23,17 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET = 1  # the output channel whose spatial mean is the score
+
+
+def peak_rss_mb() -> float:
+    """This process's own peak resident memory (VmHWM). Not getrusage's ru_maxrss: Linux carries
+    that over from the parent across fork + exec, so a worker would report at least the parent's
+    size at spawn time (the parent imports torch and exports the model: ~1.2 GB)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def build_dynunet():
@@ -79,7 +89,7 @@ def worker(tool: str, model: Path, size: int, threads: int) -> dict:
     t0 = time.perf_counter()
     step()
     seconds = time.perf_counter() - t0
-    return {"tool": tool, "seconds": seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    return {"tool": tool, "seconds": seconds, "peak_rss_mb": peak_rss_mb()}
 
 
 def main() -> None:

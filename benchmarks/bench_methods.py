@@ -1,12 +1,16 @@
 """nxrt vs Captum, method by method, on the same model, input, machine and threads.
 
-Each (tool, method) runs in its own process (peak RSS is its own); rounds alternate between the
-tools; each process warms up with one gradient before its timed run; the table reports medians
-over the rounds. Captum and nxrt get the same internal batch size (IG steps / SmoothGrad samples
-per call).
+Two models: (a) the paper's classifier, a ResNet50 with a dense head on 1x3x224x224 (2 classes,
+softmax output), and (b) a MONAI DynUNet (16-32-64-128, instance norm) on 1x4xS^3 with nxrt's
+segmentation score (the spatial mean of one output channel). Each (tool, method) runs in its own
+process (peak RSS is its own); rounds alternate between the tools; each process warms up with one
+gradient before its timed run; the table reports medians over the rounds. Captum and nxrt get the
+same internal batch size (IG steps / SmoothGrad samples / occlusion windows per call). The
+`forward` row is the floor: torch's and onnxruntime's own forward pass of the model.
 
-    .venv/bin/python benchmarks/bench_methods.py --methods ig --size 96 --rounds 3
-    .venv/bin/python benchmarks/bench_methods.py --methods vanilla,ig,sg,gradcam --size 64 --no-write
+    .venv/bin/python benchmarks/bench_methods.py --model resnet50 --rounds 3
+    .venv/bin/python benchmarks/bench_methods.py --model dynunet --size 96 --rounds 3
+    .venv/bin/python benchmarks/bench_methods.py --model dynunet --size 128 --rounds 1 --methods vanilla,ig
 """
 
 from __future__ import annotations
@@ -14,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -24,11 +27,37 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_gradient import TARGET, build_dynunet  # noqa: E402
+from bench_gradient import TARGET, build_dynunet, peak_rss_mb  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-LABELS = {"vanilla": "vanilla gradient", "gbp": "guided backprop", "ig": "integrated gradients",
-          "sg": "SmoothGrad", "gradcam": "Grad-CAM"}
+LABELS = {"forward": "forward pass only (the floor)", "vanilla": "vanilla gradient", "gbp": "guided backprop",
+          "gxi": "gradient x input", "ig": "integrated gradients", "sg": "SmoothGrad", "gradcam": "Grad-CAM",
+          "ggcam": "guided Grad-CAM", "occlusion": "occlusion"}
+NXRT_NAMES = {"gbp": "guided_backprop", "gxi": "gradient_x_input", "ig": "integrated_gradients",
+              "sg": "smoothgrad", "ggcam": "guided_gradcam"}
+ALL_METHODS = "forward,vanilla,gbp,gxi,ig,sg,gradcam,ggcam,occlusion"
+CLASS = 1  # the ResNet50's explained class
+
+
+def build_resnet50():
+    """ResNet50 (torchvision's layout, via MONAI: no weights downloaded) with a dense head and a
+    softmax, like the paper's glioma grader."""
+    import torch
+    from monai.networks.nets import resnet50
+
+    net = resnet50(spatial_dims=2, n_input_channels=3, num_classes=2)
+    net.fc = torch.nn.Sequential(torch.nn.Linear(2048, 256), torch.nn.ReLU(), torch.nn.Linear(256, 2),
+                                 torch.nn.Softmax(dim=1))
+    return net.eval()
+
+
+def input_shape(args) -> tuple:
+    return (1, 3, 224, 224) if args.net == "resnet50" else (1, 4, args.size, args.size, args.size)
+
+
+def occlusion_window(args) -> tuple[int, int]:
+    """(patch, stride) per spatial axis: 8x8 = 64 windows on either model."""
+    return (28, 28) if args.net == "resnet50" else (args.size // 4, args.size // 4)
 
 
 def pooled(net):
@@ -47,72 +76,104 @@ def pooled(net):
     return Pooled(net).eval()
 
 
-def export(path: Path, size: int) -> None:
+def export(path: Path, args) -> None:
     import torch
 
     torch.manual_seed(0)
-    net = build_dynunet()
-    torch.onnx.export(net, (torch.zeros(1, 4, size, size, size),), str(path), dynamo=False,
+    net = build_resnet50() if args.net == "resnet50" else build_dynunet()
+    torch.onnx.export(net, (torch.zeros(*input_shape(args)),), str(path), dynamo=False,
                       input_names=["input"], output_names=["output"], opset_version=17)
     torch.save(net.state_dict(), path.with_suffix(".pt"))
 
 
-def run_captum(method: str, x, model_path: Path, args) -> tuple[float, object]:
+def run_captum(method: str, x, model_path: Path, args) -> float:
     import captum.attr as ca
     import torch
 
     torch.set_num_threads(args.threads)
-    net = build_dynunet()
-    net.load_state_dict(torch.load(model_path.with_suffix(".pt")))
-    model = pooled(net)
+    if args.net == "resnet50":
+        net = build_resnet50()
+        net.load_state_dict(torch.load(model_path.with_suffix(".pt")))
+        model, target, layer = net, CLASS, net.layer4[-1].conv3
+    else:
+        net = build_dynunet()
+        net.load_state_dict(torch.load(model_path.with_suffix(".pt")))
+        model, target, layer = pooled(net), TARGET, net.output_block.conv.conv
     xt = torch.tensor(x)
-    ca.Saliency(model).attribute(xt, target=TARGET, abs=False)  # warm-up
+    ca.Saliency(model).attribute(xt, target=target, abs=False)  # warm-up
+    patch, stride = occlusion_window(args)
+    spatial = x.shape[2:]
     t0 = time.perf_counter()
-    if method == "vanilla":
-        ca.Saliency(model).attribute(xt, target=TARGET, abs=False)
+    if method == "forward":
+        with torch.no_grad():
+            model(xt)
+    elif method == "vanilla":
+        ca.Saliency(model).attribute(xt, target=target, abs=False)
     elif method == "gbp":
-        ca.GuidedBackprop(model).attribute(xt, target=TARGET)
+        ca.GuidedBackprop(model).attribute(xt, target=target)
+    elif method == "gxi":
+        ca.InputXGradient(model).attribute(xt, target=target)
     elif method == "ig":
-        ca.IntegratedGradients(model).attribute(xt, target=TARGET, n_steps=args.steps,
+        ca.IntegratedGradients(model).attribute(xt, target=target, n_steps=args.steps,
                                                 internal_batch_size=args.batch)
     elif method == "sg":
         ca.NoiseTunnel(ca.Saliency(model)).attribute(xt, nt_type="smoothgrad", nt_samples=args.samples,
                                                      nt_samples_batch_size=args.batch, stdevs=0.15 * float(
-                                                         x.max() - x.min()), target=TARGET, abs=False)
+                                                         x.max() - x.min()), target=target, abs=False)
     elif method == "gradcam":
-        layer = net.output_block.conv.conv
-        cam = ca.LayerGradCam(model, layer).attribute(xt, target=TARGET, relu_attributions=True)
-        ca.LayerAttribution.interpolate(cam, x.shape[2:], interpolate_mode="trilinear")
+        cam = ca.LayerGradCam(model, layer).attribute(xt, target=target, relu_attributions=True)
+        ca.LayerAttribution.interpolate(cam, spatial, interpolate_mode="trilinear" if len(spatial) == 3
+                                        else "bilinear")
+    elif method == "ggcam":
+        ca.GuidedGradCam(model, layer).attribute(xt, target=target, interpolate_mode="trilinear"
+                                                 if len(spatial) == 3 else "bilinear")
+    elif method == "occlusion":
+        ca.Occlusion(model).attribute(xt, target=target, sliding_window_shapes=(x.shape[1],) + (patch,) * len(spatial),
+                                      strides=(x.shape[1],) + (stride,) * len(spatial), baselines=0.0,
+                                      perturbations_per_eval=args.batch)
     return time.perf_counter() - t0
 
 
 def run_nxrt(method: str, x, model_path: Path, args) -> float:
     import nxrt
 
-    ex = nxrt.Explainer(model_path, task="segmentation", batch_size=args.batch, threads=args.threads)
-    ex.explain(x, "vanilla", target=TARGET)  # warm-up (builds the session)
-    params = {"ig": {"steps": args.steps}, "sg": {"samples": args.samples}}.get(method, {})
-    name = {"gbp": "guided_backprop"}.get(method, method)
-    if method == "gradcam":
-        ex.explain(x, "gradcam", target=TARGET)  # the layer session is built here, untimed like the warm-up
+    if method == "forward":  # onnxruntime's own forward pass of the original model
+        from nxrt.engine import make_session
+
+        sess = make_session(str(model_path), "cpu", args.threads)
+        sess.run(None, {"input": x})
+        t0 = time.perf_counter()
+        sess.run(None, {"input": x})
+        return time.perf_counter() - t0
+    task = "classification" if args.net == "resnet50" else "segmentation"
+    target = CLASS if args.net == "resnet50" else TARGET
+    ex = nxrt.Explainer(model_path, task=task, batch_size=args.batch, threads=args.threads)
+    ex.explain(x, "vanilla", target=target)  # warm-up (builds the session)
+    patch, stride = occlusion_window(args)
+    params = {"ig": {"steps": args.steps}, "sg": {"samples": args.samples},
+              "occlusion": {"patch": patch, "stride": stride}}.get(method, {})
+    name = NXRT_NAMES.get(method, method)
+    if method in ("gradcam", "ggcam", "gbp"):
+        ex.explain(x, name, target=target, **params)  # its own session is built here, untimed like the warm-up
     t0 = time.perf_counter()
-    ex.explain(x, name, target=TARGET, **params)
+    ex.explain(x, name, target=target, **params)
     return time.perf_counter() - t0
 
 
 def worker(args) -> dict:
     import numpy as np
 
-    x = np.random.default_rng(0).standard_normal((1, 4, args.size, args.size, args.size)).astype(np.float32)
+    x = np.random.default_rng(0).standard_normal(input_shape(args)).astype(np.float32)
     fn = run_captum if args.worker == "captum" else run_nxrt
-    seconds = fn(args.method, x, args.model, args)
-    return {"seconds": seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    seconds = fn(args.method, x, args.onnx, args)
+    return {"seconds": seconds, "peak_rss_mb": peak_rss_mb()}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--methods", default="vanilla,ig,sg,gradcam")
-    ap.add_argument("--size", type=int, default=96)
+    ap.add_argument("--model", dest="net", choices=("resnet50", "dynunet"), default="dynunet")
+    ap.add_argument("--methods", default=ALL_METHODS)
+    ap.add_argument("--size", type=int, default=96, help="DynUNet input edge (the ResNet50 takes 224x224)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=32)
     ap.add_argument("--samples", type=int, default=16)
@@ -121,7 +182,7 @@ def main() -> None:
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--method", help=argparse.SUPPRESS)
-    ap.add_argument("--model", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--onnx", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         print(json.dumps(worker(args)))
@@ -129,12 +190,13 @@ def main() -> None:
     methods = args.methods.split(",")
     results = {(m, t): [] for m in methods for t in ("captum", "nxrt")}
     with tempfile.TemporaryDirectory() as tmp:
-        model = Path(tmp) / "dynunet.onnx"
-        export(model, args.size)
+        model = Path(tmp) / f"{args.net}.onnx"
+        export(model, args)
         for r in range(args.rounds):
             for m in methods:
                 for tool in ("captum", "nxrt"):
-                    cmd = [sys.executable, __file__, "--worker", tool, "--method", m, "--model", str(model)]
+                    cmd = [sys.executable, __file__, "--worker", tool, "--method", m, "--onnx", str(model)]
+                    cmd += ["--model", args.net]
                     for k in ("size", "steps", "samples", "batch", "threads"):
                         cmd += [f"--{k}", str(getattr(args, k))]
                     out = subprocess.run(cmd, capture_output=True, text=True)
@@ -147,7 +209,11 @@ def main() -> None:
     table = report(args, methods, results)
     print(table)
     if not args.no_write:
-        write_section(table, f"bench_methods_{args.size}")
+        key = "resnet50" if args.net == "resnet50" else str(args.size)
+        title = "ResNet50 + head, 1x3x224x224" if args.net == "resnet50" else f"DynUNet, 1x4x{args.size}^3"
+        from bench_gradient import write_section_named
+
+        write_section_named(table, f"bench_methods_{key}", f"nxrt vs Captum, per method ({title})")
 
 
 def report(args, methods, results) -> str:
@@ -156,28 +222,33 @@ def report(args, methods, results) -> str:
 
     med = {k: float(np.median([r["seconds"] for r in v])) for k, v in results.items()}
     rss = {k: max(r["peak_rss_mb"] for r in v) for k, v in results.items()}
+    patch, stride = occlusion_window(args)
+    what = ("ResNet50 (MONAI's torchvision layout) + dense head 2048-256-2 + softmax, 1x3x224x224, score = "
+            f"probability of class {CLASS}" if args.net == "resnet50" else
+            f"MONAI DynUNet (16-32-64-128, instance norm), 1x4x{args.size}^3, score = spatial mean of channel {TARGET}")
     lines = [
-        f"MONAI DynUNet (16-32-64-128, instance norm), 1x4x{args.size}^3, score = spatial mean of channel {TARGET}; "
-        f"{args.threads} threads each; internal batch size {args.batch} for both; IG {args.steps} steps "
-        f"(Gauss-Legendre), SmoothGrad {args.samples} samples; median of {args.rounds} alternating rounds, each "
-        f"run in its own process after a warm-up. torch {torch.__version__}, onnxruntime {onnxruntime.__version__}.",
+        f"{what}; {args.threads} threads each; internal batch size {args.batch} for both; IG {args.steps} steps "
+        f"(Gauss-Legendre for nxrt, Captum's default), SmoothGrad {args.samples} samples, Grad-CAM at the last "
+        f"Conv, occlusion with {patch}-voxel patches at stride {stride}; median of {args.rounds} alternating "
+        "round(s), each run in its own process after a warm-up. "
+        f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}.",
         "",
-        "| method | Captum (s) | nxrt (s) | nxrt / Captum | Captum peak RSS (MB) | nxrt peak RSS (MB) |",
+        "| method | Captum / torch (s) | nxrt / onnxruntime (s) | nxrt / Captum | Captum peak RSS (MB) | "
+        "nxrt peak RSS (MB) |",
         "|---|---|---|---|---|---|",
     ]
     for m in methods:
         c, n = med[(m, "captum")], med[(m, "nxrt")]
         lines.append(f"| {LABELS[m]} | {c:.2f} | {n:.2f} | **{n / c:.2f}x** | {rss[(m, 'captum')]:.0f} | "
                      f"{rss[(m, 'nxrt')]:.0f} |")
-    lines += ["", f"Reproduce: `.venv/bin/python benchmarks/bench_methods.py --methods {','.join(methods)} "
-                  f"--size {args.size} --rounds {args.rounds} --batch {args.batch}`."]
+    if "forward" in methods and "vanilla" in methods:
+        lines += ["", f"nxrt's vanilla gradient costs **{med[('vanilla', 'nxrt')] / med[('forward', 'nxrt')]:.2f}x** "
+                      f"onnxruntime's forward pass of the same model (torch: "
+                      f"{med[('vanilla', 'captum')] / med[('forward', 'captum')]:.2f}x its forward)."]
+    size = "" if args.net == "resnet50" else f" --size {args.size}"
+    lines += ["", f"Reproduce: `.venv/bin/python benchmarks/bench_methods.py --model {args.net}{size} --methods "
+                  f"{','.join(methods)} --rounds {args.rounds} --batch {args.batch}`."]
     return "\n".join(lines)
-
-
-def write_section(table: str, key: str) -> None:
-    from bench_gradient import write_section_named
-
-    write_section_named(table, key, f"nxrt vs Captum, per method ({key.split('_')[-1]}^3)")
 
 
 if __name__ == "__main__":

@@ -224,6 +224,7 @@ class Explainer:
         dims = vi.type.tensor_type.shape.dim
         if not dims:
             return proto
+        exported_for_one = dims[0].HasField("dim_value") and dims[0].dim_value == 1
         dims[0].Clear()
         dims[0].dim_param = "N"
         for d, n in zip(dims[1:], sample_shape, strict=True):
@@ -231,6 +232,8 @@ class Explainer:
             d.dim_value = int(n)
         for out in proto.graph.output:  # declared output shapes are re-inferred from the fixed input
             out.type.tensor_type.ClearField("shape")
+        if exported_for_one:  # a static batch of 1 may be baked into Reshapes too
+            passes.free_batch_reshapes(proto, "N")
         return proto
 
     def forward_session(self, sample_shape: tuple, region_kind: str | None):

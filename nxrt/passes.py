@@ -225,6 +225,33 @@ def score_model(model: str | os.PathLike | onnx.ModelProto, score: ScoreSpec) ->
     return _finalise(work, [SCORES])
 
 
+def free_batch_reshapes(model: onnx.ModelProto, batch: str) -> int:
+    """Let a model exported for batch 1 run any batch: Reshapes whose constant target shape starts
+    with 1 while their input's first axis is the (now symbolic) batch axis get 0 there instead
+    ("copy this dimension"). Exporters bake `x.view(x.size(0), -1)` in as Reshape(x, [1, -1]) when
+    the batch axis is static (MONAI's and torchvision's ResNets do); at batch 4 that would fold the
+    batch into the features and the next Gemm fails. In place; returns how many were changed."""
+    info = GraphInfo(infer_shapes(model))
+    changed = 0
+    for node in model.graph.node:
+        if node.op_type != "Reshape" or len(node.input) < 2:
+            continue
+        if any(a.name == "allowzero" and a.i for a in node.attribute):
+            continue
+        target = info.const(node.input[1])
+        data_shape = info.shape(node.input[0])
+        if target is None or target.ndim != 1 or not target.size or int(target[0]) != 1 or \
+                not data_shape or data_shape[0] != batch:
+            continue
+        fixed = np.array(target, dtype=np.int64)
+        fixed[0] = 0
+        name = f"{node.input[1]}_nxrt_any_batch_{changed}"
+        model.graph.initializer.append(onnx.numpy_helper.from_array(fixed, name))
+        node.input[1] = name
+        changed += 1
+    return changed
+
+
 def _finalise(model: onnx.ModelProto, new_outputs: list[str]) -> onnx.ModelProto:
     """Give the new outputs their inferred types and shapes; drop intermediate value_info."""
     inferred = GraphInfo(infer_shapes(model))

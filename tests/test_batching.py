@@ -33,3 +33,29 @@ def test_results_do_not_depend_on_the_batch_size(method, params):
                for b in (1, 2, 3, 64)]
     for r in results[1:]:
         np.testing.assert_allclose(r, results[0], rtol=1e-5, atol=1e-7)
+
+
+def test_a_model_exported_for_batch_one_still_runs_in_batches(tmp_path):
+    """MONAI's ResNet flattens with x.view(x.size(0), -1): exported with a static batch of 1, that
+    is a Reshape to [1, -1], which would fold an IG chunk's batch into the features. nxrt rewrites
+    such Reshapes to keep the batch axis; IG then gives the same result at every batch size, and
+    equals torch's (Captum-free) gradient of the batch-1 model."""
+    import torch
+
+    from tests.nets import export_torch, resnet2d
+
+    torch.manual_seed(0)
+    net = resnet2d()
+    x = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    path = export_torch(net, torch.tensor(x), tmp_path / "resnet_b1.onnx", dynamo=False, dynamic_batch=False)
+    import onnx
+
+    reshapes = [n for n in onnx.load(path).graph.node if n.op_type == "Reshape"]
+    assert reshapes, "the export no longer bakes the batch into a Reshape: this test tests nothing"
+    results = [nxrt.Explainer(path, task="classification", batch_size=b).explain(x, "ig", target=1, steps=8)
+               for b in (1, 4)]
+    np.testing.assert_allclose(results[1], results[0], rtol=1e-5, atol=1e-7)
+    xt = torch.tensor(x, requires_grad=True)
+    net(xt)[0, 1].backward()
+    grad = nxrt.Explainer(path, task="classification", batch_size=4).explain(x, "vanilla", target=1)
+    np.testing.assert_allclose(grad, xt.grad.numpy(), rtol=1e-3, atol=1e-6)
