@@ -108,16 +108,23 @@ def store_entry(path: Path, model: onnx.ModelProto) -> None:
 
 def cached(model: onnx.ModelProto, options: dict, build: Callable[[], onnx.ModelProto]) -> onnx.ModelProto:
     """The augmented model for (model, options): from the disk cache, else built and stored."""
+    return cached_entry(model, options, build)[0]
+
+
+def cached_entry(model: onnx.ModelProto, options: dict,
+                 build: Callable[[], onnx.ModelProto]) -> tuple[onnx.ModelProto, Path | None]:
+    """`cached`, plus the entry's file when the cache holds it: onnxruntime can then load the
+    session from the file, with no serialised copy of the model in this process's memory."""
     root = cache_dir()
     if root is None:
-        return build()
+        return build(), None
     path = root / f"{entry_key(model_hash(model), options)}.onnx"
     hit = load_entry(path)
     if hit is not None:
-        return hit
+        return hit, path
     result = build()
     try:
         store_entry(path, result)
     except OSError:
-        pass  # a read-only or full cache folder must not stop the explanation
-    return result
+        return result, None  # a read-only or full cache folder must not stop the explanation
+    return result, path

@@ -18,11 +18,11 @@ import numpy as np
 import onnx
 
 from . import passes
-from .cache import cached
+from .cache import cached_entry
 from .card import ModelCard
 from .engine import auto_batch_size, make_session, resolve_providers
 from .errors import InputError, ModelError
-from .graph import GraphInfo, infer_shapes, load_model
+from .graph import GraphInfo, dims_of, load_model, weight_free
 from .passes import REGION, SCORES, SEED, grad_name
 from .postprocess import resize
 from .registry import get_method
@@ -52,7 +52,7 @@ class Model:
         if not inputs:
             raise ModelError(f"{source or 'model'}: the graph has no inputs")
         self.input = inputs[0]
-        self.info = GraphInfo(infer_shapes(proto))
+        self.info = GraphInfo.of(proto)
 
     @property
     def input_name(self) -> str:
@@ -95,6 +95,7 @@ class Explainer:
         self.threads = threads
         self._sessions: dict[tuple, Any] = {}
         self._forward: dict[tuple, Any] = {}
+        self._num_scores: dict[tuple, int] = {}
         self._layers: list[str] = []
         self.info: dict[str, Any] = {}
         self.builds = 0  # augmented models built by this Explainer (the cache tests count these)
@@ -236,6 +237,22 @@ class Explainer:
             passes.free_batch_reshapes(proto, "N")
         return proto
 
+    def num_scores(self, sample_shape: tuple, region_kind: str | None) -> int:
+        """K, the number of scores, from the score head's inferred shape: no onnxruntime session
+        (a forward session holds a copy of every weight, which a pure gradient method never needs)."""
+        key = (sample_shape, region_kind)
+        if key not in self._num_scores:
+            if key in self._forward:
+                shape = next(o.shape for o in self._forward[key].get_outputs() if o.name == SCORES)
+            else:
+                spec = replace(self.spec, region=region_kind)
+                scored = passes.score_model(weight_free(self._fixed_model(sample_shape)), spec)
+                shape = next(dims_of(o) for o in scored.graph.output if o.name == SCORES)
+            if not shape or not isinstance(shape[1], int):
+                raise ModelError(f"the number of scores is not static (score shape {shape})")
+            self._num_scores[key] = int(shape[1])
+        return self._num_scores[key]
+
     def forward_session(self, sample_shape: tuple, region_kind: str | None):
         """The cached forward-only session: the model's outputs plus `nxrt_scores`, no gradients."""
         key = (sample_shape, region_kind)
@@ -275,10 +292,14 @@ class Explainer:
         t0 = time.perf_counter()
         fixed = self._fixed_model(sample_shape)
         options = {"layers": list(want), "guided": guided, "score": list(spec.key()), "wrt": list(wrt)}
-        aug = cached(fixed, options, lambda: passes.augment(fixed, wrt=wrt, layers=want, guided=guided, score=spec))
-        sess = make_session(aug, self.providers, self.threads)
+        aug, entry = cached_entry(fixed, options,
+                                  lambda: passes.augment(fixed, wrt=wrt, layers=want, guided=guided, score=spec))
+        fixed = None  # (the lambda above holds it otherwise) frees the copy before the session is made
         if self._auto_batch:  # the gradient graph's own activation sizes refine the forward's guess
             self.batch_size = auto_batch_size(aug)
+        if entry is not None:  # onnxruntime reads the cached file: no serialised copy held here
+            del aug
+        sess = make_session(entry if entry is not None else aug, self.providers, self.threads)
         # a session exposing more layers supersedes the older ones: drop them (they hold memory)
         for key in [k for k, v in self._sessions.items()
                     if k[:4] == (kind, sample_shape, guided, spec.key()) and set(v[1]) <= set(want)]:
@@ -316,9 +337,7 @@ class Context:
             else:
                 self._region_kind = "mask"
                 self._region_feed = self._region_array(region)
-        sess = explainer.forward_session(sample_shape, self._region_kind)
-        shape = next(o.shape for o in sess.get_outputs() if o.name == SCORES)
-        self.num_scores = int(shape[1])
+        self.num_scores = explainer.num_scores(sample_shape, self._region_kind)
 
     # -- geometry of the model input
     @property

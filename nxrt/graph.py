@@ -124,38 +124,66 @@ def opset_of(model: onnx.ModelProto) -> int:
     return 1
 
 
-def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Shape inference that also works above 2 GiB.
-
-    Large initializers are replaced by graph inputs of the same type and shape in a skeleton
-    copy (inference only needs their shapes), the skeleton is inferred with data propagation,
-    and the value_info found is copied back into a copy of the original.
-    """
+def weight_free(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model without its large initializers, which become graph inputs of the same type and
+    shape (all that shape inference and the checker need of them): small above any size, and
+    built field by field, because copying the whole model first would duplicate every weight
+    (100 MB for a ResNet50) just to delete it again."""
     skeleton = onnx.ModelProto()
-    skeleton.CopyFrom(model)
-    del skeleton.graph.initializer[:]
-    big = []
-    for init in model.graph.initializer:
-        if _tensor_nbytes(init) > _SKELETON_BYTES:
-            big.append(helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
+    for field, value in model.ListFields():
+        if field.name == "graph":
+            continue
+        if hasattr(value, "extend"):  # a repeated field (strings have no extend)
+            getattr(skeleton, field.name).extend(value)
+        elif field.message_type is not None:
+            getattr(skeleton, field.name).CopyFrom(value)
         else:
-            skeleton.graph.initializer.append(init)
-    present = {i.name for i in skeleton.graph.input}
-    skeleton.graph.input.extend(v for v in big if v.name not in present)
+            setattr(skeleton, field.name, value)
+    graph, g = model.graph, skeleton.graph
+    g.name = graph.name
+    g.node.extend(graph.node)
+    g.input.extend(graph.input)
+    g.output.extend(graph.output)
+    g.value_info.extend(graph.value_info)
+    g.sparse_initializer.extend(graph.sparse_initializer)
+    present = {i.name for i in graph.input}
+    for init in graph.initializer:
+        if _tensor_nbytes(init) > _SKELETON_BYTES:
+            if init.name not in present:
+                g.input.append(helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
+        else:
+            g.initializer.append(init)
+    return skeleton
+
+
+def shape_skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Shape inference that also works above 2 GiB, without copying the weights: the
+    `weight_free` skeleton of the model, carrying the inferred value_info and output types."""
     try:
-        inferred = onnx.shape_inference.infer_shapes(skeleton, check_type=False, strict_mode=False,
-                                                     data_prop=True)
+        return onnx.shape_inference.infer_shapes(weight_free(model), check_type=False, strict_mode=False,
+                                                 data_prop=True)
     except Exception as exc:
         raise ModelError(f"shape inference failed on the model: {exc}; re-export it with a "
                          "recent exporter") from exc
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    del out.graph.value_info[:]
-    out.graph.value_info.extend(inferred.graph.value_info)
-    for declared, found in zip(out.graph.output, inferred.graph.output, strict=True):
+
+
+def infer_shapes_inplace(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Replace the model's value_info by the inferred one (and fill in output types it lacks)."""
+    inferred = shape_skeleton(model)
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(inferred.graph.value_info)
+    for declared, found in zip(model.graph.output, inferred.graph.output, strict=True):
         if dims_of(declared) is None and dims_of(found) is not None:
             declared.type.CopyFrom(found.type)
-    return out
+    return model
+
+
+def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of the model with inferred value_info (see `shape_skeleton`; for lookups alone,
+    `GraphInfo.of(model)` needs no copy)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    return infer_shapes_inplace(out)
 
 
 def _tensor_nbytes(t: TensorProto) -> int:
@@ -178,13 +206,14 @@ def dims_of(vi: onnx.ValueInfoProto) -> tuple | None:
 class GraphInfo:
     """Read-only lookups over a shape-inferred graph: shapes, dtypes, constants, producers."""
 
-    def __init__(self, model: onnx.ModelProto):
+    def __init__(self, model: onnx.ModelProto, inferred: onnx.ModelProto | None = None):
         g = model.graph
         self.model = model
         self.opset = opset_of(model)
         self.initializers = {t.name: t for t in g.initializer}
         self.value_info: dict[str, onnx.ValueInfoProto] = {}
-        for vi in list(g.input) + list(g.output) + list(g.value_info):
+        shapes = (inferred or model).graph
+        for vi in list(shapes.input) + list(shapes.output) + list(shapes.value_info):
             known = self.value_info.get(vi.name)
             # a declared output may carry no shape while inference found one: keep the richer entry
             if known is None or (dims_of(vi) is not None and vi.type.tensor_type.elem_type) \
@@ -198,6 +227,11 @@ class GraphInfo:
                 if o:
                     self.producer[o] = node
         self._const_cache: dict[str, np.ndarray | None] = {}
+
+    @classmethod
+    def of(cls, model: onnx.ModelProto) -> GraphInfo:
+        """Lookups over `model` with shapes inferred on a weight-free skeleton (no model copy)."""
+        return cls(model, shape_skeleton(model))
 
     def shape(self, name: str) -> tuple | None:
         vi = self.value_info.get(name)
@@ -405,7 +439,7 @@ def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
     """
     import onnxruntime as ort
 
-    inferred = GraphInfo(infer_shapes(model))
+    inferred = GraphInfo.of(model)
     g = model.graph
     known = {t.name for t in g.initializer}
     shape_inputs: dict[str, tuple] = {}

@@ -19,7 +19,7 @@ from onnx import TensorProto, helper
 from .autodiff import add_gradients
 from .card import ModelCard
 from .errors import InputError, ModelError
-from .graph import Builder, GraphInfo, convert_opset, finish_model, fold_constants, infer_shapes, load_model
+from .graph import Builder, GraphInfo, convert_opset, finish_model, fold_constants, infer_shapes_inplace, load_model
 
 SEED = "nxrt_seed"
 SCORES = "nxrt_scores"
@@ -97,7 +97,7 @@ def _score_head(model: onnx.ModelProto, spec: ScoreSpec) -> str:
     if out not in {o.name for o in g.output} | {o for n in g.node for o in n.output}:
         raise InputError(f"output '{out}' is not in the model; outputs: {', '.join(o.name for o in g.output)}")
     b = Builder(model, prefix="nxrt_head")
-    info = GraphInfo(infer_shapes(model))  # the head only adds nodes after `out`: one inference serves
+    info = GraphInfo.of(model)  # the head only adds nodes after `out`: one inference serves
     if spec.logits:
         producer = next((n for n in g.node if out in n.output), None)
         if producer is None or producer.op_type not in ("Softmax", "Sigmoid", "LogSoftmax"):
@@ -173,8 +173,7 @@ def augment(model: str | os.PathLike | onnx.ModelProto, wrt: Sequence[str] = (IN
     wrt_names = _resolve_wrt(work, wrt)
     layer_names = [resolve_tensor(work, layer) for layer in layers]
     scores = _score_head(work, score)
-    work = infer_shapes(work)
-    info = GraphInfo(work)
+    info = GraphInfo(infer_shapes_inplace(work))
     score_shape = info.shape(scores)
     if score_shape is None or len(score_shape) != 2:
         raise ModelError(f"the score tensor '{scores}' must be [N, K]; its shape is {score_shape}")
@@ -231,7 +230,7 @@ def free_batch_reshapes(model: onnx.ModelProto, batch: str) -> int:
     ("copy this dimension"). Exporters bake `x.view(x.size(0), -1)` in as Reshape(x, [1, -1]) when
     the batch axis is static (MONAI's and torchvision's ResNets do); at batch 4 that would fold the
     batch into the features and the next Gemm fails. In place; returns how many were changed."""
-    info = GraphInfo(infer_shapes(model))
+    info = GraphInfo.of(model)
     changed = 0
     for node in model.graph.node:
         if node.op_type != "Reshape" or len(node.input) < 2:
@@ -254,7 +253,7 @@ def free_batch_reshapes(model: onnx.ModelProto, batch: str) -> int:
 
 def _finalise(model: onnx.ModelProto, new_outputs: list[str]) -> onnx.ModelProto:
     """Give the new outputs their inferred types and shapes; drop intermediate value_info."""
-    inferred = GraphInfo(infer_shapes(model))
+    inferred = GraphInfo.of(model)
     keep = [o for o in model.graph.output if o.name not in new_outputs]
     del model.graph.output[:]
     model.graph.output.extend(keep)
@@ -267,20 +266,13 @@ def _finalise(model: onnx.ModelProto, new_outputs: list[str]) -> onnx.ModelProto
 
 
 def check_model(model: onnx.ModelProto) -> None:
-    """onnx.checker with full check (shape inference included); works above 2 GiB too."""
-    from .graph import PROTOBUF_LIMIT, model_bytes
+    """onnx.checker with full check (shape inference included), on the model's weight-free
+    skeleton: the same graph, types and shapes, without serialising every weight once more
+    (a ResNet50's augmented model is 200 MB) — and so at any model size."""
+    from .graph import weight_free
 
     try:
-        if model_bytes(model) < PROTOBUF_LIMIT - (64 << 20):
-            onnx.checker.check_model(model, full_check=True)
-        else:
-            import tempfile
-
-            from .graph import save_model
-
-            with tempfile.TemporaryDirectory() as tmp:
-                path = save_model(model, os.path.join(tmp, "model.onnx"), external=True)
-                onnx.checker.check_model(str(path), full_check=True)
+        onnx.checker.check_model(weight_free(model), full_check=True)
     except onnx.checker.ValidationError as exc:
         raise ModelError(f"the augmented model failed onnx.checker: {str(exc).splitlines()[0]}") from exc
 
@@ -293,7 +285,7 @@ def default_score_spec(model: onnx.ModelProto, task: str | None = None, layout: 
     layout = layout or card.layout
     info = None
     if task is None or layout is None:
-        info = GraphInfo(infer_shapes(model))
+        info = GraphInfo.of(model)
     out = kw.get("output") or model.graph.output[0].name
     if task is None:
         rank = info.rank(out)
@@ -312,7 +304,7 @@ def infer_layout(model: onnx.ModelProto, info: GraphInfo | None = None) -> str:
     tf2onnx puts NHWC/NDHWC inputs behind a Transpose to NCHW: that Transpose is the tell.
     Otherwise the channel axis is the short one (axis 1 vs the last axis).
     """
-    info = info or GraphInfo(infer_shapes(model))
+    info = info or GraphInfo.of(model)
     inputs = model_inputs(model)
     if not inputs:
         raise ModelError("the model has no inputs")
