@@ -148,13 +148,14 @@ def run_nxrt(method: str, x, model_path: Path, args) -> float:
     task = "classification" if args.net == "resnet50" else "segmentation"
     target = CLASS if args.net == "resnet50" else TARGET
     ex = nxrt.Explainer(model_path, task=task, batch_size=args.batch, threads=args.threads)
-    ex.explain(x, "vanilla", target=target)  # warm-up (builds the session)
     patch, stride = occlusion_window(args)
     params = {"ig": {"steps": args.steps}, "sg": {"samples": args.samples},
               "occlusion": {"patch": patch, "stride": stride}}.get(method, {})
     name = NXRT_NAMES.get(method, method)
     if method in ("gradcam", "ggcam", "gbp"):
-        ex.explain(x, name, target=target, **params)  # its own session is built here, untimed like the warm-up
+        ex.explain(x, name, target=target, **params)  # warm-up: builds the sessions this method uses
+    else:
+        ex.explain(x, "vanilla", target=target)  # warm-up (builds the gradient session)
     t0 = time.perf_counter()
     ex.explain(x, name, target=target, **params)
     return time.perf_counter() - t0
@@ -180,6 +181,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4, help="internal batch size of both tools")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--update", action="store_true",
+                    help="replace only the rows of the methods run in the existing BENCHMARKS.md table")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--method", help=argparse.SUPPRESS)
     ap.add_argument("--onnx", type=Path, help=argparse.SUPPRESS)
@@ -207,6 +210,8 @@ def main() -> None:
                     print(f"round {r + 1}: {m:8s} {tool:7s} {res['seconds']:8.2f} s  peak RSS "
                           f"{res['peak_rss_mb']:6.0f} MB", flush=True)
     table = report(args, methods, results)
+    if args.update:
+        table = merge_rows(table, args)
     print(table)
     if not args.no_write:
         key = "resnet50" if args.net == "resnet50" else str(args.size)
@@ -214,6 +219,35 @@ def main() -> None:
         from bench_gradient import write_section_named
 
         write_section_named(table, f"bench_methods_{key}", f"nxrt vs Captum, per method ({title})")
+
+
+def merge_rows(table: str, args) -> str:
+    """The new table with the rows of methods not run now taken from the table in BENCHMARKS.md
+    (rows are keyed by their label; the order is ALL_METHODS')."""
+    key = "resnet50" if args.net == "resnet50" else str(args.size)
+    text = (ROOT / "BENCHMARKS.md").read_text()
+    start, end = f"<!-- bench_methods_{key}:start -->", f"<!-- bench_methods_{key}:end -->"
+    if start not in text:
+        return table
+    old = text[text.index(start):text.index(end)]
+
+    def rows(block: str) -> dict[str, str]:
+        return {line.split("|")[1].strip(): line for line in block.splitlines()
+                if line.startswith("| ") and not line.startswith("| method")}
+
+    merged = {**rows(old), **rows(table)}
+    ordered = [merged[LABELS[m]] for m in ALL_METHODS.split(",") if LABELS[m] in merged]
+    lines = table.splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith("|---"))
+    last = max(i for i, line in enumerate(lines) if line.startswith("| "))
+    updated = [m for m in ALL_METHODS.split(",") if LABELS[m] in rows(table)]
+    note = f"Rows {', '.join(LABELS[m] for m in updated)} re-measured later with `--update` " \
+        "(same command, those methods)."
+    keep = [line for line in old.splitlines() if line.startswith("nxrt's vanilla gradient costs")]
+    tail = lines[last + 1:]
+    if keep and not any(line.startswith("nxrt's vanilla gradient costs") for line in tail):
+        tail = ["", *keep, *tail]
+    return "\n".join(lines[:first + 1] + ordered + tail + ["", note])
 
 
 def report(args, methods, results) -> str:

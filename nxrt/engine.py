@@ -88,7 +88,26 @@ def session_options(threads: int | None = None, low_memory: bool = False):
     # 4498 MB (IG, batch 4) at the same speed (IG 16 steps: 47.3 / 42.4 s without, 48.1 / 44.5 s
     # with); ResNet50 IG: same time and memory either way.
     so.enable_mem_pattern = False
+    if not low_memory and _shared_cpu_arena():
+        # every session of the process draws from one CPU arena: an Explainer keeps a session per
+        # kind of gradient (plain, guided, layers), and each private arena would keep its own peak
+        # (DynUNet 96^3, vanilla + guided backprop + Grad-CAM in one Explainer: peak RSS 1878 MB
+        # with private arenas, 1057 MB shared, same speed)
+        so.add_session_config_entry("session.use_env_allocators", "1")
     return so
+
+
+@functools.cache
+def _shared_cpu_arena() -> bool:
+    """Register onnxruntime's process-wide CPU arena allocator once; False if this build can't."""
+    import onnxruntime as ort
+
+    try:
+        info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+        ort.create_and_register_allocator(info, ort.OrtArenaCfg({}))
+        return True
+    except Exception:
+        return False
 
 
 def cuda_provider_options(model: onnx.ModelProto | None = None) -> dict[str, str]:

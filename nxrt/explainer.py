@@ -242,15 +242,17 @@ class Explainer:
         (a forward session holds a copy of every weight, which a pure gradient method never needs)."""
         key = (sample_shape, region_kind)
         if key not in self._num_scores:
-            if key in self._forward:
-                shape = next(o.shape for o in self._forward[key].get_outputs() if o.name == SCORES)
-            else:
-                spec = replace(self.spec, region=region_kind)
-                scored = passes.score_model(weight_free(self._fixed_model(sample_shape)), spec)
-                shape = next(dims_of(o) for o in scored.graph.output if o.name == SCORES)
+            spec = replace(self.spec, region=region_kind)
+            scored = passes.score_model(weight_free(self._fixed_model(sample_shape)), spec)
+            shape = next(dims_of(o) for o in scored.graph.output if o.name == SCORES)
             if not shape or not isinstance(shape[1], int):
                 raise ModelError(f"the number of scores is not static (score shape {shape})")
             self._num_scores[key] = int(shape[1])
+            if self.batch_size is None:
+                # a first guess, before any session exists (plugins size their chunks from it): a
+                # gradient holds about three times a forward's activations; the gradient session
+                # (which knows exactly) refines it unless it was set explicitly
+                self.batch_size = max(1, auto_batch_size(scored) // 3)
         return self._num_scores[key]
 
     def forward_session(self, sample_shape: tuple, region_kind: str | None):
@@ -261,9 +263,7 @@ class Explainer:
             spec = replace(self.spec, region=region_kind)
             model = passes.score_model(self._fixed_model(sample_shape), spec)
             self._forward[key] = make_session(model, self.providers, self.threads)
-            if self.batch_size is None:
-                # a gradient holds about three times a forward's activations; the gradient session
-                # (which knows exactly) keeps this unless it was set explicitly
+            if self.batch_size is None:  # (predict() may come first: the same guess as num_scores')
                 self.batch_size = max(1, auto_batch_size(model) // 3)
             self.build_seconds += time.perf_counter() - t0
         return self._forward[key]

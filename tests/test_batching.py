@@ -59,3 +59,15 @@ def test_a_model_exported_for_batch_one_still_runs_in_batches(tmp_path):
     net(xt)[0, 1].backward()
     grad = nxrt.Explainer(path, task="classification", batch_size=4).explain(x, "vanilla", target=1)
     np.testing.assert_allclose(grad, xt.grad.numpy(), rtol=1e-3, atol=1e-6)
+
+
+def test_automatic_batch_is_known_before_any_session_is_built():
+    """Plugins size their chunks from ctx.batch_size before their first session call: with the
+    automatic batch size it must already be the estimate (not 1), and knowing it (and the number
+    of scores) must not cost an onnxruntime session."""
+    ex = nxrt.Explainer(tiny_classifier())
+    x = np.zeros((1, 3, 8, 8), np.float32)
+    ctx = ex.context(x)
+    assert ctx.num_scores == 2
+    assert ctx.batch_size > 1
+    assert not ex._forward and not ex._sessions

@@ -155,8 +155,8 @@ def _explain_all(explainer, case, methods, x, geometry, stage, target, region, p
         write(stage / "prediction.nii.gz", InImageGrid(labels_model, geometry), case.affine, case.header)
         inside_labels = geometry.inside(labels_model)
         pred_mask = inside_labels > 0
-        values, counts = np.unique(inside_labels, return_counts=True)
-        voxels = {int(v): int(n) for v, n in zip(values, counts, strict=True)}
+        found, counts = np.unique(inside_labels, return_counts=True)
+        voxels = {int(v): int(n) for v, n in zip(found, counts, strict=True)}
         voxels[0] = voxels.get(0, 0) + image_voxels - inside_labels.size  # the image outside the crop
         summary["prediction"] = {"voxels_per_label": dict(sorted(voxels.items())), "label_names": explainer.card.labels}
         timings["prediction_s"] = time.perf_counter() - t
