@@ -106,15 +106,11 @@ def store_entry(path: Path, model: onnx.ModelProto) -> None:
         os.replace(meta_tmp, path.with_suffix(".json"))
 
 
-def cached(model: onnx.ModelProto, options: dict, build: Callable[[], onnx.ModelProto]) -> onnx.ModelProto:
-    """The augmented model for (model, options): from the disk cache, else built and stored."""
-    return cached_entry(model, options, build)[0]
-
-
 def cached_entry(model: onnx.ModelProto, options: dict,
                  build: Callable[[], onnx.ModelProto]) -> tuple[onnx.ModelProto, Path | None]:
-    """`cached`, plus the entry's file when the cache holds it: onnxruntime can then load the
-    session from the file, with no serialised copy of the model in this process's memory."""
+    """The augmented model for (model, options) — from the disk cache, else built and stored — and
+    the entry's file when the cache holds it: onnxruntime can then load the session from the file,
+    with no serialised copy of the model in this process's memory."""
     root = cache_dir()
     if root is None:
         return build(), None

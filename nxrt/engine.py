@@ -110,7 +110,7 @@ def _shared_cpu_arena() -> bool:
         return False
 
 
-def cuda_provider_options(model: onnx.ModelProto | None = None) -> dict[str, str]:
+def cuda_provider_options(model: onnx.ModelProto | None = None, static_shapes: bool | None = None) -> dict[str, str]:
     """Options of onnxruntime's CUDA provider for an nxrt session.
 
     - use_tf32 off: TF32 matmuls/convolutions keep 10 mantissa bits, ~1e-3 relative error, which
@@ -120,12 +120,12 @@ def cuda_provider_options(model: onnx.ModelProto | None = None) -> dict[str, str
       per sample shape, so an IG or SmoothGrad run repeats a handful of identical shapes and the
       one-off benchmark of each convolution's algorithms pays back), HEURISTIC when some are
       dynamic (each new shape would be benchmarked again). NXRT_CUDNN_ALGO_SEARCH overrides.
+      static_shapes, when given, says so without looking at `model`.
     """
-    search = "HEURISTIC"
-    if model is not None and model.graph.input:
+    if static_shapes is None and model is not None and model.graph.input:
         dims = model.graph.input[0].type.tensor_type.shape.dim
-        if dims and all(d.HasField("dim_value") and d.dim_value > 0 for d in dims[1:]):
-            search = "EXHAUSTIVE"
+        static_shapes = bool(dims) and all(d.HasField("dim_value") and d.dim_value > 0 for d in dims[1:])
+    search = "EXHAUSTIVE" if static_shapes else "HEURISTIC"
     return {"use_tf32": "1" if os.environ.get("NXRT_CUDA_TF32") == "1" else "0",
             "cudnn_conv_algo_search": os.environ.get("NXRT_CUDNN_ALGO_SEARCH", search),
             "do_copy_in_default_stream": "1"}
@@ -224,8 +224,11 @@ def _libm():
         return None
 
 
-def make_session(model: onnx.ModelProto | str | os.PathLike, providers=None, threads: int | None = None) -> Session:
-    """A Session for a ModelProto (any size) or a path."""
+def make_session(model: onnx.ModelProto | str | os.PathLike, providers=None, threads: int | None = None,
+                 static_shapes: bool | None = None) -> Session:
+    """A Session for a ModelProto (any size) or a path. static_shapes: whether every non-batch
+    input dim is fixed (picks cuDNN's algorithm search; None: read from a ModelProto, and assumed
+    not for a path, which is not parsed here just for that)."""
     import onnxruntime as ort
 
     names = resolve_providers(providers)
@@ -233,8 +236,8 @@ def make_session(model: onnx.ModelProto | str | os.PathLike, providers=None, thr
     cuda = names[0] == "CUDAExecutionProvider"
     prov = list(names)
     if cuda:
-        proto = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model), load_external_data=False)
-        prov[0] = ("CUDAExecutionProvider", cuda_provider_options(proto))
+        proto = model if isinstance(model, onnx.ModelProto) else None
+        prov[0] = ("CUDAExecutionProvider", cuda_provider_options(proto, static_shapes))
 
     def wrap(session):
         return Session(session, device="cuda" if cuda else None)

@@ -216,11 +216,15 @@ class Explainer:
         for i in range(0, x.shape[0], step):
             yield x[i:i + step]
 
-    def _fixed_model(self, sample_shape: tuple) -> onnx.ModelProto:
+    def _fixed_model(self, sample_shape: tuple, weights: bool = True) -> onnx.ModelProto:
         """The model with its input's non-batch dims fixed to this sample shape (static shapes
-        let every rule and onnxruntime's planner work); the batch axis stays dynamic."""
-        proto = onnx.ModelProto()
-        proto.CopyFrom(self.model.proto)
+        let every rule and onnxruntime's planner work); the batch axis stays dynamic.
+        weights=False: the weight-free skeleton (graph.weight_free), for shape questions only."""
+        if weights:
+            proto = onnx.ModelProto()
+            proto.CopyFrom(self.model.proto)
+        else:
+            proto = weight_free(self.model.proto)
         vi = next(i for i in proto.graph.input if i.name == self.model.input_name)
         dims = vi.type.tensor_type.shape.dim
         if not dims:
@@ -243,7 +247,7 @@ class Explainer:
         key = (sample_shape, region_kind)
         if key not in self._num_scores:
             spec = replace(self.spec, region=region_kind)
-            scored = passes.score_model(weight_free(self._fixed_model(sample_shape)), spec)
+            scored = passes.score_model(self._fixed_model(sample_shape, weights=False), spec)
             shape = next(dims_of(o) for o in scored.graph.output if o.name == SCORES)
             if not shape or not isinstance(shape[1], int):
                 raise ModelError(f"the number of scores is not static (score shape {shape})")
@@ -262,7 +266,7 @@ class Explainer:
             t0 = time.perf_counter()
             spec = replace(self.spec, region=region_kind)
             model = passes.score_model(self._fixed_model(sample_shape), spec)
-            self._forward[key] = make_session(model, self.providers, self.threads)
+            self._forward[key] = make_session(model, self.providers, self.threads, static_shapes=True)
             if self.batch_size is None:  # (predict() may come first: the same guess as num_scores')
                 self.batch_size = max(1, auto_batch_size(model) // 3)
             self.build_seconds += time.perf_counter() - t0
@@ -299,7 +303,7 @@ class Explainer:
             self.batch_size = auto_batch_size(aug)
         if entry is not None:  # onnxruntime reads the cached file: no serialised copy held here
             del aug
-        sess = make_session(entry if entry is not None else aug, self.providers, self.threads)
+        sess = make_session(entry if entry is not None else aug, self.providers, self.threads, static_shapes=True)
         # a session exposing more layers supersedes the older ones: drop them (they hold memory)
         for key in [k for k, v in self._sessions.items()
                     if k[:4] == (kind, sample_shape, guided, spec.key()) and set(v[1]) <= set(want)]:

@@ -28,6 +28,9 @@ def test_cuda_options_tf32_off_and_exhaustive_search_for_static_shapes(monkeypat
     dims[2].Clear()
     dims[2].dim_param = "H"
     assert cuda_provider_options(dynamic)["cudnn_conv_algo_search"] == "HEURISTIC"
+    # the Explainer says so instead of having a model file parsed for it
+    assert cuda_provider_options(None, static_shapes=True)["cudnn_conv_algo_search"] == "EXHAUSTIVE"
+    assert cuda_provider_options(None)["cudnn_conv_algo_search"] == "HEURISTIC"
     monkeypatch.setenv("NXRT_CUDA_TF32", "1")
     monkeypatch.setenv("NXRT_CUDNN_ALGO_SEARCH", "DEFAULT")
     opts = cuda_provider_options(static)
