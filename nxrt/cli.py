@@ -126,8 +126,7 @@ def _check_writable(out: Path) -> None:
 
 def _import_nibabel() -> None:
     """(Python's import lock makes a concurrent import of nibabel in the main thread wait for this
-    one instead of repeating it. matplotlib is imported later, during the first forward pass: its
-    import holds the interpreter lock much of its 0.4 s and would slow the case's loading.)"""
+    one instead of repeating it.)"""
     import nibabel  # noqa: F401
 
 
@@ -352,7 +351,7 @@ def layers(model, case, out, targets, orientation, overwrite):
     center = tuple(np.argwhere(tumour).mean(axis=0)) if tumour is not None and tumour.any() \
         else tuple(s / 2 for s in c.spatial_shape)
     bg = c.channels.index("flair") if "flair" in c.channels else 0
-    figures.layer_grid(out, c.data[..., bg], maps, names, center, orientation)
+    figures.layer_grid(out, c.data[..., bg], maps, names, center, orientation, spacing=c.spacing)
     click.echo(f"wrote {out} ({len(names)} layers)")
 
 

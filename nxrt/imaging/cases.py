@@ -49,6 +49,12 @@ class Case:
     def spatial_shape(self) -> tuple[int, ...]:
         return tuple(self.data.shape[:-1])
 
+    @property
+    def spacing(self) -> tuple[float, ...]:
+        """Voxel size in mm along each voxel axis (the lengths of the affine's columns)."""
+        n = len(self.spatial_shape)
+        return tuple(float(v) for v in np.linalg.norm(np.asarray(self.affine)[:n, :n], axis=0))
+
 
 def strip_nifti(name: str) -> str:
     for ext in NIFTI_EXTS:

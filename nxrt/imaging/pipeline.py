@@ -108,7 +108,7 @@ def _run(explainer, case, methods, x, geometry, stage, target, region, params, t
     summary.json). NIfTI files are compressed and written on a background thread while the next
     method runs; every write is waited for before the summary is written."""
     writer = ThreadPoolExecutor(1)
-    pending = [writer.submit(figures.load_matplotlib)]  # its import (~0.4 s) overlaps the forward pass
+    pending = [writer.submit(figures.prepare)]
     try:
         summary, figure = _explain_all(explainer, case, methods, x, geometry, stage, target, region, params,
                                        timings, progress, lambda *a: pending.append(writer.submit(save_nifti, *a)))
@@ -216,7 +216,8 @@ def _explain_all(explainer, case, methods, x, geometry, stage, target, region, p
         center = _figure_center(case, pred_mask, origin, maps)
         bg = case.channels.index("flair") if "flair" in case.channels else 0
         contour = case.seg > 0 if case.seg is not None else pred_image
-        figures.overview(stage / "overview.png", case.data[..., bg], maps, center, title=title, contour=contour)
+        figures.overview(stage / "overview.png", case.data[..., bg], maps, center, title=title, contour=contour,
+                         spacing=case.spacing)
 
     return summary, figure
 
