@@ -342,7 +342,7 @@ def layers(model, case, out, targets, orientation, overwrite):
     out = out or Path(f"{c.name}_layers.png")
     if out.exists() and not overwrite:
         raise InputError(f"{out} exists; pass --overwrite to replace it")
-    x, geometry = prepare(c.data, model_spatial_shape(ex), ex.layout, ex.card.normalize)
+    x, geometry = prepare(c.data, model_spatial_shape(ex), ex.layout, ex.card.normalize, c.moments)
     sweep = ex.explain(x, "layer_sweep", target=list(targets) or None)[0]
     names = ex.info["layers"]
     maps = to_image_channels_last(sweep, ex.layout, geometry)

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
+from .preprocess import Moments
 from .writer import gunzip
 
 #: BraTS file suffixes per modality, 2021 naming then 2023 naming
@@ -43,6 +44,8 @@ class Case:
     sources: list[str]
     seg: np.ndarray | None = None
     seg_source: str | None = None
+    #: each channel's Moments (z-score sums), gathered while the files were read; None: not known
+    moments: list[Moments] | None = None
     extra: dict = field(default_factory=dict)
 
     @property
@@ -63,14 +66,14 @@ def strip_nifti(name: str) -> str:
     return name
 
 
-#: files being read ahead of time: resolved path -> Future of the file's (inflated) bytes
+#: files being read ahead of time: resolved path -> Future of the decoded file (`_decode`)
 _prefetched: dict[Path, Future] = {}
 
 
 def prefetch(source: str | Path | None) -> None:
-    """Start reading and inflating the NIfTI files of a case on helper threads, so that
-    `load_case` finds their bytes ready (the CLI starts this for the first case before it loads
-    the model). Anything odd about `source` is ignored here: `load_case` reports it."""
+    """Start reading, inflating and summing the NIfTI files of a case on helper threads, so that
+    `load_case` finds them ready (the CLI starts this for the first case before it loads the
+    model). Anything odd about `source` is ignored here: `load_case` reports it."""
     if source is None:
         return
     try:
@@ -88,12 +91,12 @@ def prefetch(source: str | Path | None) -> None:
         return
     pool = ThreadPoolExecutor(min(len(files), os.cpu_count() or 1))
     for f in files:
-        _prefetched[f] = pool.submit(_read, f)
+        _prefetched[f] = pool.submit(_decode, f)
     pool.shutdown(wait=False)
 
 
 def forget_prefetched() -> None:
-    """Drop read-ahead bytes nobody asked for (after the first case is loaded)."""
+    """Drop read-ahead files nobody asked for (after the first case is loaded)."""
     _prefetched.clear()
 
 
@@ -103,26 +106,39 @@ def _read(path: Path) -> bytes:
     return gunzip(raw) if path.name.endswith(".gz") else raw
 
 
-def _load_nifti(path: Path):
+def _decode(path: Path, moments: bool = True):
+    """(image, voxels, Moments of each channel or None) of one NIfTI file. The moments are taken
+    here, on the loading thread, from the file's own values when their float32 copies equal them
+    (integers up to 16 bits, float32); else the caller takes them from its float32 copy."""
+    raw = _read(path)  # (before nibabel's import, which may wait on another thread's import of it)
     import nibabel as nib
 
+    img = nib.Nifti1Image.from_bytes(raw)
+    data = _voxels(img, raw)
+    exact = (np.issubdtype(data.dtype, np.integer) and data.dtype.itemsize <= 2) or data.dtype == np.float32
+    sums = None
+    if moments and exact and data.ndim in (3, 4):
+        sums = [Moments.of(data)] if data.ndim == 3 else [Moments.of(data[..., c]) for c in range(data.shape[-1])]
+    return img, data, sums
+
+
+def _load_nifti(path: Path, moments: bool = True):
+    """`_decode` (its read-ahead result when there is one), every failure one clear InputError."""
     if not path.exists():
         raise InputError(f"{path}: no such file")
     if not any(path.name.endswith(e) for e in NIFTI_EXTS):
         raise InputError(f"{path}: not a NIfTI file (.nii or .nii.gz); convert it first (e.g. dcm2niix)")
-    try:
-        ahead = _prefetched.pop(path.resolve(), None)
+    ahead = _prefetched.pop(path.resolve(), None)
+    if ahead is not None:
         try:
-            raw = ahead.result() if ahead is not None else None
-        except Exception:
-            raw = None  # read it again below, to report the problem
-        raw = raw if raw is not None else _read(path)
-        img = nib.Nifti1Image.from_bytes(raw)
-        data = _voxels(img, raw)
+            return ahead.result()
+        except Exception:  # decode it again below, to report the problem
+            pass
+    try:
+        return _decode(path, moments)
     except Exception as exc:
         raise InputError(f"{path}: cannot read it as NIfTI ({type(exc).__name__}: {exc}); is the file complete?") \
             from None
-    return img, data
 
 
 def _voxels(img, raw: bytes) -> np.ndarray:
@@ -177,9 +193,9 @@ def load_case(source: str | Path | None = None, channels: Sequence[str] | None =
         raise InputError("no case given; pass a NIfTI file, a BraTS case folder/prefix or --channel NAME=FILE")
     path = Path(source)
     if path.is_file():
-        img, data = _load_nifti(path)
+        img, data, sums = _load_nifti(path)
         if data.ndim == 4:
-            return _from_4d(path, img, data, channels, name)
+            return _from_4d(path, img, data, sums, channels, name)
         if data.ndim == 3:
             if channels and len(channels) > 1:
                 raise InputError(f"{path}: a single 3D volume, but the model wants {len(channels)} channels "
@@ -202,51 +218,54 @@ def load_case(source: str | Path | None = None, channels: Sequence[str] | None =
     return _stack(name or stem.name, order, found, _find(stem, BRATS_SUFFIXES["seg"]))
 
 
-def _from_4d(path: Path, img, data: np.ndarray, channels, name) -> Case:
+def _from_4d(path: Path, img, data: np.ndarray, sums, channels, name) -> Case:
     n = data.shape[-1]
     if channels and len(channels) != n:
         raise InputError(f"{path}: has {n} channels (last axis) but the model wants {len(channels)} "
                          f"({', '.join(channels)})")
     arr = np.asarray(data, dtype=np.float32)
-    _check_finite(arr, path)
+    moments = [_checked(sums[c] if sums else None, arr[..., c], path) for c in range(n)]
     return Case(name or strip_nifti(path.name), arr, img.affine.copy(), img.header.copy(),
-                list(channels) if channels else [f"c{i}" for i in range(n)], [str(path)])
+                list(channels) if channels else [f"c{i}" for i in range(n)], [str(path)], moments=moments)
 
 
-def _check_finite(arr: np.ndarray, path) -> None:
-    if not np.all(np.isfinite(arr)):
-        bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
+def _checked(moments: Moments | None, values: np.ndarray, path) -> Moments:
+    """The channel's Moments (taken from its float32 `values` when the reader had none); a
+    NaN/Inf voxel (non-finite sums) is an error."""
+    m = moments or Moments.of(values)
+    if not m.finite:
+        bad = int(values.size - np.count_nonzero(np.isfinite(values)))
         raise InputError(f"{path}: {bad} NaN/Inf voxel(s); fix the volume (nxrt does not guess values)")
+    return m
 
 
 def _stack(name: str, order: list[str], paths: list[Path], seg: Path | None) -> Case:
-    ref = None
-    with ThreadPoolExecutor(min(4, os.cpu_count() or 1)) as pool:  # inflate and decode in parallel
-        loaded = list(pool.map(lambda p: _load_nifti(Path(p)), paths))
-    for c, p, (img, data) in zip(order, paths, loaded, strict=True):
-        if data.ndim != 3:
-            raise InputError(f"{p}: channel '{c}' is {data.ndim}D; each channel file must be a 3D volume")
-        if ref is None:
-            ref = (img, data.shape, p)
-        else:
-            if data.shape != ref[1]:
+    ref = stacked = None
+    moments = []
+    with ThreadPoolExecutor(min(4, os.cpu_count() or 1)) as pool:  # inflate, decode and sum in parallel
+        # each channel is copied in as soon as it is decoded, while the others still decode
+        for k, (c, p, (img, data, sums)) in enumerate(zip(order, paths, pool.map(lambda p: _load_nifti(Path(p)),
+                                                                                   paths), strict=True)):
+            if data.ndim != 3:
+                raise InputError(f"{p}: channel '{c}' is {data.ndim}D; each channel file must be a 3D volume")
+            if ref is None:
+                ref = (img, data.shape, p)
+                # Fortran order, like NIfTI itself: each channel is one contiguous block, so the copy
+                # in and the writes back out are straight memory passes, not strided gathers
+                stacked = np.empty((*data.shape, len(paths)), np.float32, order="F")
+            elif data.shape != ref[1]:
                 raise InputError(f"{p}: shape {data.shape} differs from {ref[2]} {ref[1]}; all channels must share "
                                  "one voxel grid (resample them first)")
-            if not np.allclose(img.affine, ref[0].affine, atol=1e-4):
+            elif not np.allclose(img.affine, ref[0].affine, atol=1e-4):
                 raise InputError(f"{p}: affine differs from {ref[2]}; all channels must share one voxel grid "
                                  "(register/resample them first)")
-    # Fortran order, like NIfTI itself: each channel is one contiguous block, so the copy in, the
-    # per-channel statistics and the writes back out are straight memory passes, not strided gathers
-    stacked = np.empty((*ref[1], len(paths)), np.float32, order="F")
-    for k, (p, (_, data)) in enumerate(zip(paths, loaded, strict=True)):
-        stacked[..., k] = data
-        if not np.issubdtype(data.dtype, np.integer):
-            _check_finite(stacked[..., k], p)
+            stacked[..., k] = data
+            moments.append(_checked(sums[0] if sums else None, stacked[..., k], p))
     seg_data = None
     if seg is not None:
-        img, data = _load_nifti(Path(seg))
+        img, data, _ = _load_nifti(Path(seg), moments=False)
         if data.shape != ref[1]:
             raise InputError(f"{seg}: segmentation shape {data.shape} differs from the images {ref[1]}")
         seg_data = np.asarray(data).astype(np.int16)
     return Case(name, stacked, ref[0].affine.copy(), ref[0].header.copy(), list(order),
-                [str(p) for p in paths], seg_data, str(seg) if seg else None)
+                [str(p) for p in paths], seg_data, str(seg) if seg else None, moments)

@@ -67,7 +67,8 @@ def explain_case(explainer, case: Case, methods: Sequence[str], out_root: Path, 
     want = model_channels(explainer)
     if want is not None and case.data.shape[-1] != want:
         raise InputError(f"case '{case.name}' has {case.data.shape[-1]} channels but the model input takes {want}")
-    x, geometry = prepare(case.data, model_spatial_shape(explainer), explainer.layout, explainer.card.normalize)
+    x, geometry = prepare(case.data, model_spatial_shape(explainer), explainer.layout, explainer.card.normalize,
+                          case.moments)
     timings["load_s"] = load_seconds
     timings["preprocess_s"] = time.perf_counter() - t0
     timings["load_and_preprocess_s"] = load_seconds + timings["preprocess_s"]

@@ -130,21 +130,59 @@ class InImageGrid:
 MODES = ("zscore", "minmax", "none")
 
 
-def channel_stat(ch: np.ndarray, mode: str | None) -> tuple[float, float]:
+@dataclass(frozen=True)
+class Moments:
+    """What the z-score needs of one channel, gathered once when the case is read."""
+
+    count: int  # nonzero (brain) voxels
+    total: float  # sum of all voxels (the zeros add nothing)
+    squares: float  # sum of their squares
+
+    @property
+    def finite(self) -> bool:
+        """False when the channel holds a NaN or an Inf (its sums are then not finite)."""
+        return bool(np.isfinite(self.total) and np.isfinite(self.squares))
+
+    @classmethod
+    def of(cls, values: np.ndarray, block: int = 1 << 16) -> Moments:
+        """One pass over `values`, a cache-sized block at a time (no volume-sized temporary).
+
+        Small integer volumes (BraTS files are int16) are read in their own type, whose float32
+        copies have the very same values: the count and the sum are exact integer reductions, and
+        the squares are summed in float64 per block (exact for 16-bit values), 4-8x faster than
+        the same sums over a float32 copy. Other volumes are summed in float64 from float32."""
+        flat = values.ravel(order="K") if (values.flags.c_contiguous or values.flags.f_contiguous) \
+            else values.ravel()
+        small_int = np.issubdtype(flat.dtype, np.integer) and flat.dtype.itemsize <= 2
+        count, total, squares = 0, 0.0, 0.0
+        if small_int:
+            count = int(np.count_nonzero(flat))
+            total = float(np.add.reduce(flat, dtype=np.int64))
+        for i in range(0, flat.size, block):
+            part = flat[i:i + block]
+            if not small_int:
+                count += int(np.count_nonzero(part != 0))  # (count_nonzero on floats is 3x slower)
+            part = part.astype(np.float64)
+            if not small_int:
+                total += float(part.sum())
+            squares += float(np.einsum("i,i->", part, part))  # (not BLAS: its idle threads spin on a core)
+        return cls(count, total, squares)
+
+
+def channel_stat(ch: np.ndarray, mode: str | None, moments: Moments | None = None) -> tuple[float, float]:
     """(offset, scale) of one channel, with normalized = (value - offset) / scale.
 
     zscore: mean and std of the channel's nonzero (brain) voxels; background voxels stay zero.
-    The sums run over the whole channel (zeros add nothing to them), so no masked copy is made."""
+    `moments` (gathered when the case was read) saves the pass over the channel."""
     mode = mode or "none"
     if mode not in MODES:
         raise InputError(f"normalisation '{mode}' is not one of {', '.join(MODES)}")
     if mode == "zscore":
-        n = int(np.count_nonzero(ch))
-        if n == 0:
+        m = moments or Moments.of(ch)
+        if m.count == 0:
             return 0.0, 1.0
-        total, squares = _sums(ch)
-        mean = total / n
-        std = max(0.0, squares / n - mean * mean) ** 0.5
+        mean = m.total / m.count
+        std = max(0.0, m.squares / m.count - mean * mean) ** 0.5
         return mean, std if std > 0 else 1.0
     if mode == "minmax":
         lo, hi = float(ch.min()), float(ch.max())
@@ -152,38 +190,28 @@ def channel_stat(ch: np.ndarray, mode: str | None) -> tuple[float, float]:
     return 0.0, 1.0
 
 
-def channel_stats(data: np.ndarray, mode: str | None) -> list[tuple[float, float]]:
-    """`channel_stat` of each channel of [*spatial, C] data."""
-    return [channel_stat(data[..., c], mode) for c in range(data.shape[-1])]
-
-
-def _sums(ch: np.ndarray, block: int = 1 << 20) -> tuple[float, float]:
-    """Sum and sum of squares in float64, a cache-sized block at a time (no volume-sized temporary)."""
-    flat = ch.ravel(order="K") if (ch.flags.c_contiguous or ch.flags.f_contiguous) else ch.ravel()
-    total = squares = 0.0
-    for i in range(0, flat.size, block):
-        part = flat[i:i + block].astype(np.float64)
-        total += float(part.sum())
-        squares += float(part @ part)
-    return total, squares
-
-
-def _normalize_channel(ch: np.ndarray, mode: str, stat: tuple[float, float]) -> np.ndarray:
+def _normalize_in_place(values: np.ndarray, mode: str, stat: tuple[float, float]) -> None:
+    """(values - offset) / scale in float32, in place; zscore keeps zero (background) voxels 0."""
     offset, scale = np.float32(stat[0]), np.float32(stat[1])
-    if mode == "zscore":
-        return np.where(ch != 0, (ch - offset) / scale, np.float32(0))
-    if mode == "minmax":
-        return (ch - offset) / scale
-    return ch
+    if mode not in ("zscore", "minmax"):
+        return
+    background = values == 0 if mode == "zscore" else None
+    values -= offset
+    values /= scale
+    if background is not None:
+        np.copyto(values, np.float32(0), where=background)
 
 
 def prepare(data: np.ndarray, model_spatial: tuple[int, ...] | None, layout: str,
-            mode: str | None) -> tuple[np.ndarray, Geometry]:
+            mode: str | None, moments: list[Moments] | None = None) -> tuple[np.ndarray, Geometry]:
     """[*spatial, C] image data -> ([1, C, *model_spatial] or [1, *model_spatial, C], geometry).
 
+    moments: each channel's `Moments` if the reader gathered them (`Case.moments`); else they
+    are computed here.
+
     The statistics come from the whole image; only the model's crop is normalised (4x less work on
-    a BraTS case whose 240x240x155 grid is cropped to 128^3), one channel at a time, straight into
-    the model's layout."""
+    a BraTS case whose 240x240x155 grid is cropped to 128^3), one channel at a time, in the
+    model's layout."""
     spatial = data.shape[:-1]
     target = tuple(model_spatial) if model_spatial else spatial
     if len(target) != len(spatial):
@@ -197,8 +225,12 @@ def prepare(data: np.ndarray, model_spatial: tuple[int, ...] | None, layout: str
     first = layout == "channels_first"
     arr = np.zeros((1, channels, *target) if first else (1, *target, channels), np.float32)  # padding stays 0
     for c in range(channels):  # (threads over channels gain nothing here: these passes are memory-bound)
-        into = arr[0, c] if first else arr[0, ..., c]
-        into[dst] = _normalize_channel(data[(*src, c)], mode, channel_stat(data[..., c], mode))
+        into = (arr[0, c] if first else arr[0, ..., c])[dst]
+        # the crop is copied first (the one pass that reorders NIfTI's x-fastest voxels into the
+        # model's layout), then normalised in place on contiguous memory: 2.5x faster than
+        # normalising the strided crop into temporaries
+        into[...] = data[(*src, c)]
+        _normalize_in_place(into, mode, channel_stat(data[..., c], mode, moments[c] if moments else None))
     return arr, geometry
 
 
