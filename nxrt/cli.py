@@ -11,7 +11,6 @@ from pathlib import Path
 
 import click
 import numpy as np
-import onnx
 
 from .errors import NxrtError
 
@@ -277,6 +276,8 @@ def card(model: Path, assignments) -> None:
                 raise InputError(f"--set '{a}' must be KEY=VALUE, e.g. --set task=segmentation")
             key, value = a.split("=", 1)
             mc.set(key.strip(), value)
+        import onnx
+
         external = any(t.data_location == onnx.TensorProto.EXTERNAL
                        for t in onnx.load(str(model), load_external_data=False).graph.initializer)
         save_model(mc.write(proto), model, external=external or None)

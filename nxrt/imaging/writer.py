@@ -123,7 +123,18 @@ def _gzip_stream(buffers, level: int = 1, member_bytes: int = 4 << 20):
 
 
 def gunzip(data: bytes) -> bytes:
-    """Decompress a (possibly multi-member) gzip stream with ISA-L (2-3x faster than zlib)."""
-    from isal import igzip
+    """Decompress a gzip stream of one or more members (as `_gzip_stream` writes them) with ISA-L's
+    zlib-compatible inflate: 2-3x faster than zlib, and ~30% faster than isal's own gzip reader
+    (`igzip.decompress`), which is what a case's load mostly is."""
+    from isal import isal_zlib
 
-    return igzip.decompress(data)
+    parts, rest = [], memoryview(data)
+    while True:
+        member = isal_zlib.decompressobj(wbits=31)  # gzip framing, one member
+        parts.append(member.decompress(rest))
+        if not member.eof:
+            raise EOFError("compressed file ended before the end-of-stream marker was reached")
+        rest = rest[len(rest) - len(member.unused_data):]
+        # done at the end of the data, or at trailing zero padding (which gzip readers skip)
+        if not rest or (rest[0] == 0 and not bytes(rest).strip(b"\0")):
+            return parts[0] if len(parts) == 1 else b"".join(parts)

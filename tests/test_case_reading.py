@@ -1,5 +1,6 @@
-"""The z-score statistics gathered while a case is read (`Case.moments`) against numpy in float64,
-for every kind of voxel type a NIfTI file may hold, and the normalised input they give."""
+"""Reading a case fast, checked against plain references: the z-score statistics gathered while
+the files are read (`Case.moments`) against numpy in float64 for every voxel type a NIfTI file may
+hold, the normalised input they give, and the multi-member gzip reader against Python's gzip."""
 
 import nibabel as nib
 import numpy as np
@@ -84,3 +85,20 @@ def test_nan_in_a_float_channel_is_one_clear_error(tmp_path):
         nib.save(nib.Nifti1Image(vol, np.eye(4)), str(tmp_path / f"c_{n}.nii.gz"))
     with pytest.raises(InputError, match=r"c_flair\.nii\.gz: 2 NaN/Inf voxel"):
         load_case(tmp_path)
+
+
+def test_gunzip_reads_every_member_like_pythons_gzip():
+    import gzip
+
+    from nxrt.imaging.writer import _gzip, gunzip
+
+    rng = np.random.default_rng(4)
+    payload = rng.integers(0, 50, 10_000_000).astype(np.uint8).tobytes()
+    single = gzip.compress(payload)
+    multi = _gzip(payload)  # nxrt's own parallel members (4 MB each)
+    assert multi.count(b"\x1f\x8b\x08") >= 3 and gzip.decompress(multi) == payload
+    mixed = gzip.compress(b"head") + multi + b"\0" * 16  # trailing zero padding, as gzip allows
+    assert gunzip(single) == payload and gunzip(multi) == payload
+    assert gunzip(mixed) == gzip.decompress(gzip.compress(b"head") + multi) == b"head" + payload
+    with pytest.raises(EOFError):
+        gunzip(single[:-100])
