@@ -20,7 +20,7 @@ PAD = 10
 ALPHA = 0.55  # opacity of the attribution overlay
 FLOOR = 0.05  # overlay only where the display map exceeds this (else the scan shows through)
 COLOURBAR_LABEL = "attribution (0..1, 99th percentile)"
-PNG_COMPRESSION = 1  # zlib's fastest level: a third of level 6's time for files ~10% larger
+PNG_COMPRESSION = 1  # zlib's fastest level: ~60% of level 6's time, for files ~12% larger
 
 # matplotlib's 'jet' colour map as its piecewise-linear (position, value) knots per channel, so
 # the pictures keep the colours of the NeuroXAI paper without importing matplotlib
@@ -137,10 +137,12 @@ def _put_text(canvas, xy: tuple[int, int], text: str, font, anchor: str = "ma", 
 
 
 def _panel_image(rgb: np.ndarray, size: tuple[int, int]):
+    """The panel at its display size; nearest-neighbour, so voxels stay crisp squares (and the PNG
+    compresses 3x better than with interpolated pixels)."""
     from PIL import Image
 
     image = Image.fromarray(rgb, "RGB")
-    return image if image.size == size else image.resize(size, Image.Resampling.BILINEAR)
+    return image if image.size == size else image.resize(size, Image.Resampling.NEAREST)
 
 
 def _colourbar(canvas, x: int, y: int, height: int, font, label_font) -> None:
