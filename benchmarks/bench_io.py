@@ -65,8 +65,8 @@ def main() -> None:
         "",
         "| stage | seconds | share of the explanation time |",
         "|---|---|---|",
-        f"| load (4 gzip NIfTI files inflated, stacked and summed for the z-score; read ahead while the model loads) | {t['load_s']:.2f} | "
-        f"{t['load_s'] / explain_s:.1%} |",
+        "| load (4 gzip NIfTI files inflated, stacked and summed for the z-score; read ahead while the model "
+        f"loads) | {t['load_s']:.2f} | {t['load_s'] / explain_s:.1%} |",
         f"| preprocess (the crop in the model's layout, z-scored in place) | {t['preprocess_s']:.2f} | "
         f"{t['preprocess_s'] / explain_s:.1%} |",
         f"| vanilla gradient (the explanation: onnxruntime running the gradient graph) | {explain_s:.2f} | 100% |",
