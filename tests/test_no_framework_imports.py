@@ -34,3 +34,30 @@ def test_runtime_imports_without_frameworks():
     res = subprocess.run([sys.executable, "-c", BLOCKER], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "ok []"
+
+
+FIGURES_WITHOUT_MATPLOTLIB = r'''
+import sys, importlib.abc
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "matplotlib":
+            raise ImportError("blocked: " + name)
+        return None
+sys.meta_path.insert(0, Block())
+import numpy as np
+from pathlib import Path
+from nxrt.imaging import figures
+out = Path(sys.argv[1])
+scan = np.random.default_rng(0).uniform(1, 2, (20, 24, 16)).astype(np.float32)
+figures.overview(out / "o.png", scan, {"m": scan / 2}, (10, 12, 8), title="t", contour=scan > 1.9)
+figures.layer_grid(out / "l.png", scan, [scan / 2], ["conv"], (10, 12, 8))
+print("ok", (out / "o.png").stat().st_size > 1000, (out / "l.png").stat().st_size > 1000)
+'''
+
+
+def test_figures_need_no_matplotlib(tmp_path):
+    """matplotlib is a test-only dependency: the pictures are drawn with Pillow."""
+    res = subprocess.run([sys.executable, "-c", FIGURES_WITHOUT_MATPLOTLIB, str(tmp_path)], capture_output=True,
+                         text=True)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "ok True True"
