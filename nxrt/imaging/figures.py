@@ -32,7 +32,7 @@ _JET_LUT = np.stack([np.interp(np.linspace(0, 1, _LUT_SIZE), *zip(*knots, strict
                     axis=-1).astype(np.float32) * 255
 
 
-def prepare() -> None:
+def warm_up() -> None:
     """Import Pillow and load the fonts ahead of time (the pipeline does it in the background)."""
     for size in (11, 12, 14):
         _font(size)

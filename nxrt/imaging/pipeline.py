@@ -109,7 +109,7 @@ def _run(explainer, case, methods, x, geometry, stage, target, region, params, t
     summary.json). NIfTI files are compressed and written on a background thread while the next
     method runs; every write is waited for before the summary is written."""
     writer = ThreadPoolExecutor(1)
-    pending = [writer.submit(figures.prepare)]
+    pending = [writer.submit(figures.warm_up)]
     try:
         summary, figure = _explain_all(explainer, case, methods, x, geometry, stage, target, region, params,
                                        timings, progress, lambda *a: pending.append(writer.submit(save_nifti, *a)))
