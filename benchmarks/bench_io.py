@@ -72,7 +72,8 @@ def main() -> None:
         f"| vanilla gradient (the explanation: onnxruntime running the gradient graph) | {explain_s:.2f} | 100% |",
         f"| building the gradient graph and its onnxruntime session (not counted above) | {build_s:.2f} | "
         f"{build_s / explain_s:.1%} |",
-        f"| forward pass (scores + segmentation output) | {t['forward_s']:.2f} | {t['forward_s'] / explain_s:.1%} |",
+        f"| separate forward pass for the prediction ({summary['forward_pass']}) | {t['forward_s']:.2f} | "
+        f"{t['forward_s'] / explain_s:.1%} |",
         f"| prediction labels (argmax, inverse crop, write) | {t.get('prediction_s', 0.0):.2f} | "
         f"{t.get('prediction_s', 0.0) / explain_s:.1%} |",
         f"| inverse crop + display map (the writes go to a background thread) | "

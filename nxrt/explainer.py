@@ -98,6 +98,7 @@ class Explainer:
         self._num_scores: dict[tuple, int] = {}
         self._layers: list[str] = []
         self.info: dict[str, Any] = {}
+        self.last_forward: tuple[np.ndarray, np.ndarray] | None = None  # see explain(keep_forward=True)
         self.builds = 0  # augmented models built by this Explainer (the cache tests count these)
         self.build_seconds = 0.0  # time spent building graphs and onnxruntime sessions, in total
 
@@ -117,11 +118,16 @@ class Explainer:
 
     # ------------------------------------------------------------------ public API
 
+    @property
+    def output_name(self) -> str:
+        """The graph output being explained (the first unless `output=` was given)."""
+        return self.spec.output or self.model.proto.graph.output[0].name
+
     def predict(self, x: np.ndarray) -> np.ndarray:
         """The model's explained output (first graph output unless `output=` was given)."""
         x = self.check_input(x)
         sess = self.forward_session(x.shape[1:], None)
-        name = self.spec.output or self.model.proto.graph.output[0].name
+        name = self.output_name
         return np.concatenate([sess.run([name], {self.model.input_name: c})[0] for c in self._chunks(x)], axis=0)
 
     def predict_and_score(self, x: np.ndarray, region=None) -> tuple[np.ndarray, np.ndarray]:
@@ -129,7 +135,7 @@ class Explainer:
         x = self.check_input(x)
         ctx = self.context(x, region)
         sess = self.forward_session(x.shape[1:], ctx._region_kind)
-        name = self.spec.output or self.model.proto.graph.output[0].name
+        name = self.output_name
         outs, scores = [], []
         for c in self._chunks(x):
             o, sc = sess.run([name, SCORES], ctx._feeds(sess, c, None))
@@ -143,26 +149,37 @@ class Explainer:
         ctx = self.context(x, region)
         return ctx.forward(x)
 
-    def explain(self, x: np.ndarray, method: str = "vanilla", target=None, region=None, **params) -> np.ndarray:
+    def explain(self, x: np.ndarray, method: str = "vanilla", target=None, region=None, keep_forward: bool = False,
+                **params) -> np.ndarray:
         """Raw, signed attribution of `method` for `target`, shaped like x (CAM methods: channel axis 1).
 
         target: an int, a list of ints (their scores summed) or None (classification: the predicted
         class of each sample; segmentation: every foreground channel, i.e. all but channel 0).
         region (segmentation only): None (mean over all voxels), "predicted" (voxels whose argmax is
         the channel, mask held constant) or a mask array over the output's spatial grid.
+        keep_forward: also keep the model's output and scores at x in `last_forward` when the
+        method's own passes evaluated the model at exactly x (vanilla, guided backprop, gradient x
+        input, Grad-CAM and guided Grad-CAM do: a gradient pass is a forward pass too), so a caller
+        that also wants the prediction needs no separate forward pass; else `last_forward` is None.
         """
         impl = get_method(method)
         params = impl.params(params)
         x = self.check_input(x)
         ctx = self.context(x, region)
         t0, built = time.perf_counter(), self.build_seconds
-        outs = []
-        targets = []
+        outs, targets, forwards = [], [], []
         for i in range(x.shape[0]):
             xi = x[i:i + 1]
+            # (set first: a classifier's target is resolved by a forward pass at xi, kept too)
+            ctx._sample, ctx._keep_forward, ctx.forward_at_sample = xi, keep_forward, None
             ti = self.resolve_target(target, ctx, xi)
             targets.append(ti)
             outs.append(np.asarray(impl.explain(ctx, xi, ti, **params), dtype=np.float32))
+            forwards.append(ctx.forward_at_sample)
+        ctx._sample = None
+        self.last_forward = None
+        if keep_forward and all(f is not None for f in forwards):
+            self.last_forward = tuple(np.concatenate(part, axis=0) for part in zip(*forwards, strict=True))
         self.info = {"method": impl.name, "params": params, "targets": targets,
                      "seconds": time.perf_counter() - t0, "build_seconds": self.build_seconds - built, **ctx.info}
         return np.concatenate(outs, axis=0)
@@ -329,6 +346,9 @@ class Context:
         self.layout = explainer.layout
         self.rng = np.random.default_rng(explainer.seed)
         self.info: dict[str, Any] = {}
+        # the sample being explained, and (model output, scores) of a pass that evaluated exactly it
+        self._sample, self._keep_forward = None, False
+        self.forward_at_sample: tuple[np.ndarray, np.ndarray] | None = None
         self._region_feed = None
         self._region_kind = None
         if region is not None:
@@ -388,39 +408,46 @@ class Context:
     def forward(self, xs: np.ndarray) -> np.ndarray:
         """Scores [n, K] of a stack of inputs (forward passes only)."""
         sess = self._ex.forward_session(self.sample_shape, self._region_kind)
-        out = [sess.run([SCORES], self._feeds(sess, c, None))[0] for c in self._ex._chunks(xs.astype(np.float32))]
-        return np.concatenate(out, axis=0)
+        keep = self._keep_forward and xs is self._sample and self.forward_at_sample is None
+        fetch = [SCORES, self._ex.output_name] if keep else [SCORES]
+        parts = [sess.run(fetch, self._feeds(sess, c, None)) for c in self._ex._chunks(xs.astype(np.float32))]
+        scores = np.concatenate([p[0] for p in parts], axis=0)
+        if keep:
+            self.forward_at_sample = (np.concatenate([p[1] for p in parts], axis=0), scores)
+        return scores
 
     def gradient(self, xs: np.ndarray, target, guided: bool = False) -> np.ndarray:
         """d (sum of the target scores) / d x for each of a stack of inputs."""
         sess = self._ex.session(self.sample_shape, guided, self._region_kind)
-        name = grad_name(self._ex.model.input_name)
-        out = []
-        for c in self._ex._chunks(np.ascontiguousarray(xs, dtype=np.float32)):
-            out.append(sess.run([name], self._feeds(sess, c, self.seed(c.shape[0], target)))[0])
-        return np.concatenate(out, axis=0)
+        return self._evaluate(sess, [grad_name(self._ex.model.input_name)], xs, target)[0]
 
     def layer_gradient(self, xs: np.ndarray, target, layer: str) -> tuple[np.ndarray, np.ndarray]:
         """(activation, gradient) of `layer` (tensor or node name) for each of a stack of inputs."""
         tensor = passes.resolve_tensor(self._ex.model.proto, layer)
         sess = self._ex.session(self.sample_shape, False, self._region_kind, layers=[tensor])
-        acts, grads = [], []
-        for c in self._ex._chunks(np.ascontiguousarray(xs, dtype=np.float32)):
-            a, g = sess.run([tensor, grad_name(tensor)], self._feeds(sess, c, self.seed(c.shape[0], target)))
-            acts.append(a)
-            grads.append(g)
-        return np.concatenate(acts, axis=0), np.concatenate(grads, axis=0)
+        acts, grads = self._evaluate(sess, [tensor, grad_name(tensor)], xs, target)
+        return acts, grads
 
     def layer_gradients(self, xs: np.ndarray, target, layers: Sequence[str]) -> dict[str, tuple]:
         """{layer: (activation, gradient)} for several layers from one session call per chunk."""
         tensors = [passes.resolve_tensor(self._ex.model.proto, layer) for layer in layers]
         sess = self._ex.session(self.sample_shape, False, self._region_kind, layers=tensors)
-        names = [n for t in tensors for n in (t, grad_name(t))]
-        parts = []
-        for c in self._ex._chunks(np.ascontiguousarray(xs, dtype=np.float32)):
-            parts.append(sess.run(names, self._feeds(sess, c, self.seed(c.shape[0], target))))
-        joined = [np.concatenate([p[i] for p in parts], axis=0) for i in range(len(names))]
+        joined = self._evaluate(sess, [n for t in tensors for n in (t, grad_name(t))], xs, target)
         return {layer: (joined[2 * i], joined[2 * i + 1]) for i, layer in enumerate(layers)}
+
+    def _evaluate(self, sess, names: list[str], xs: np.ndarray, target) -> list[np.ndarray]:
+        """`names` of a gradient session for a stack of inputs, run in chunks and joined. When xs is
+        the very sample being explained and the Explainer was asked to keep its forward pass, the
+        model's output and scores of this pass are kept too (`forward_at_sample`)."""
+        keep = self._keep_forward and xs is self._sample and self.forward_at_sample is None
+        fetch = names + [self._ex.output_name, SCORES] if keep else names
+        parts = [sess.run(fetch, self._feeds(sess, c, self.seed(c.shape[0], target)))
+                 for c in self._ex._chunks(np.ascontiguousarray(xs, dtype=np.float32))]
+        joined = [parts[0][i] if len(parts) == 1 else np.concatenate([p[i] for p in parts], axis=0)
+                  for i in range(len(fetch))]
+        if keep:
+            self.forward_at_sample = (joined[-2], joined[-1])
+        return joined[:len(names)]
 
     def layers(self) -> list[str]:
         """Grad-CAM candidates: every Conv/ConvTranspose output, in graph order."""
