@@ -149,10 +149,13 @@ def _import_nibabel() -> None:
 @click.option("--layout", type=click.Choice(["channels_first", "channels_last"]), default=None)
 @click.option("--provider", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=None)
+@click.option("--slice", "slice_spec", default=None, metavar="ORIENTATION[:INDEX]",
+              help="A 2D model on 3D cases: the slice to explain (axial, coronal or sagittal, e.g. axial:77); "
+                   "default axial through the tumour (or the brain's middle).")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
 @click.option("--resume", is_flag=True, help="Skip cases whose outputs are complete.")
 def explain(model, cases, methods, targets, out, channels, region, layer, steps, samples, noise, rule,
-            interpolation, task, layout, provider, batch_size, overwrite, resume):
+            interpolation, task, layout, provider, batch_size, slice_spec, overwrite, resume):
     """Explain MODEL on each CASE and write maps that overlay the scan.
 
     A CASE is a 4D NIfTI (channels last), a BraTS case folder or file prefix (2021 or 2023 names), or
@@ -237,7 +240,8 @@ def explain(model, cases, methods, targets, out, channels, region, layer, steps,
                 continue
             done = explain_case(ex, case, methods, out, target=list(targets) or None, region=region_value,
                                 params=params, overwrite=overwrite or (resume and case_dir.exists()),
-                                progress=progress, finish_in=finisher, load_seconds=load_seconds)
+                                progress=progress, finish_in=finisher, load_seconds=load_seconds,
+                                slice_spec=slice_spec)
             results.append((case.name, "ok", time.perf_counter() - t0))
             if finisher is not None:
                 unfinished.append((len(results) - 1, case.name, done, t0))
@@ -327,15 +331,17 @@ def inspect(model: Path) -> None:
               help="PNG to write (default: <case>_layers.png).")
 @click.option("-t", "--target", "targets", type=int, multiple=True)
 @click.option("--orientation", type=click.Choice(["axial", "coronal", "sagittal"]), default="axial")
+@click.option("--slice", "slice_spec", default=None, metavar="ORIENTATION[:INDEX]",
+              help="A 2D model on a 3D case: the slice to explain (as for explain).")
 @click.option("--overwrite", is_flag=True)
-def layers(model, case, out, targets, orientation, overwrite):
+def layers(model, case, out, targets, orientation, slice_spec, overwrite):
     """Grad-CAM at every Conv layer of MODEL on CASE, one panel per layer (the paper's Fig. 5)."""
     from .errors import InputError
     from .explainer import Explainer
     from .imaging import figures
     from .imaging.cases import load_case
-    from .imaging.pipeline import model_spatial_shape
-    from .imaging.preprocess import prepare, to_image_channels_last
+    from .imaging.pipeline import SLICE_AXES, model_input
+    from .imaging.preprocess import to_image_channels_last
     from .postprocess import display_map
 
     ex = Explainer(model)
@@ -343,14 +349,18 @@ def layers(model, case, out, targets, orientation, overwrite):
     out = out or Path(f"{c.name}_layers.png")
     if out.exists() and not overwrite:
         raise InputError(f"{out} exists; pass --overwrite to replace it")
-    x, geometry = prepare(c.data, model_spatial_shape(ex), ex.layout, ex.card.normalize, c.moments)
-    sweep = ex.explain(x, "layer_sweep", target=list(targets) or None)[0]
+    x, geometry, slab, lift = model_input(ex, c, slice_spec)
+    sweep = ex.explain(x, "layer_sweep", target=list(targets) or None)
+    sweep = (lift(sweep) if lift else sweep)[0]
     names = ex.info["layers"]
     maps = to_image_channels_last(sweep, ex.layout, geometry)
     maps = [display_map(maps[..., k:k + 1], channel_axis=-1) for k in range(len(names))]
     tumour = c.seg > 0 if c.seg is not None else None
-    center = tuple(np.argwhere(tumour).mean(axis=0)) if tumour is not None and tumour.any() \
-        else tuple(s / 2 for s in c.spatial_shape)
+    center = list(np.argwhere(tumour).mean(axis=0)) if tumour is not None and tumour.any() \
+        else [s / 2 for s in c.spatial_shape]
+    if slab is not None:  # a 2D model: the panels show the slice it explained
+        center[slab[0]] = slab[1]
+        orientation = next(o for o, a in SLICE_AXES.items() if a == slab[0])
     bg = c.channels.index("flair") if "flair" in c.channels else 0
     figures.layer_grid(out, c.data[..., bg], maps, names, center, orientation, spacing=c.spacing)
     click.echo(f"wrote {out} ({len(names)} layers)")

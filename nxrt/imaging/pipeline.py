@@ -48,16 +48,73 @@ def case_finished(out_dir: Path) -> bool:
     return (out_dir / SUMMARY).exists()
 
 
+#: voxel axis of each slice orientation (NIfTI's RAS-like voxel order: x left-right, y
+#: posterior-anterior, z inferior-superior), as the overview figure shows them
+SLICE_AXES = {"sagittal": 0, "coronal": 1, "axial": 2}
+
+
+def choose_slab(case: Case, model_spatial, spec: str | None) -> tuple[int, int] | None:
+    """(axis, index) of the slice a 2D model explains in a 3D case; None when the model's rank
+    is the case's. spec: "axial", "coronal:60", ... or None (axial, through the tumour's centre
+    when the case has a segmentation, else through the middle of the brain)."""
+    spatial = case.spatial_shape
+    two_d = model_spatial is not None and len(model_spatial) == 2 and len(spatial) == 3
+    if not two_d:
+        if spec is not None:
+            rank = len(model_spatial) if model_spatial else len(spatial)
+            raise InputError(f"--slice is for a 2D model on a 3D case; this model takes {rank}D inputs "
+                             f"and the case is {len(spatial)}D: drop --slice")
+        return None
+    orientation, _, index = (spec or "axial").partition(":")
+    if orientation not in SLICE_AXES:
+        raise InputError(f"--slice '{spec}': the orientation must be axial, coronal or sagittal "
+                         "(e.g. --slice axial:77)")
+    axis, n = SLICE_AXES[orientation], spatial[SLICE_AXES[orientation]]
+    if not index:
+        return axis, _default_slice(case, axis)
+    try:
+        k = int(index)
+    except ValueError:
+        raise InputError(f"--slice '{spec}': the index must be an integer (e.g. --slice {orientation}:{n // 2})") \
+            from None
+    if not 0 <= k < n:
+        raise InputError(f"--slice '{spec}': the case has {n} {orientation} slices (0..{n - 1})")
+    return axis, k
+
+
+def _default_slice(case: Case, axis: int) -> int:
+    if case.seg is not None and np.any(case.seg):
+        return int(round(_centre_of_mass(case.seg > 0)[axis]))
+    others = tuple(a for a in range(3) if a != axis)
+    occupied = np.flatnonzero(np.any(case.data[..., 0] != 0, axis=others))
+    return int((occupied[0] + occupied[-1]) // 2) if occupied.size else case.spatial_shape[axis] // 2
+
+
+def model_input(explainer, case: Case, slice_spec: str | None = None):
+    """(x, geometry, slab, lift): the model's input for `case`, its geometry, the (axis, index)
+    slice a 2D model explains in a 3D case (else None), and `lift`, which gives a model-space
+    batch array of such a 2D model back the slice's axis (of size 1), so that every map of it is
+    written into the 3D image like a 3D model's (zero off the slice); None when not needed."""
+    spatial = model_spatial_shape(explainer)
+    slab = choose_slab(case, spatial, slice_spec)
+    x, geometry = prepare(case.data, spatial, explainer.layout, explainer.card.normalize, case.moments, slab)
+    if slab is None:
+        return x, geometry, None, None
+    axis = (2 if explainer.layout == "channels_first" else 1) + slab[0]
+    return np.squeeze(x, axis=axis), geometry, slab, lambda a: np.expand_dims(a, axis)
+
+
 def explain_case(explainer, case: Case, methods: Sequence[str], out_root: Path, target=None, region=None,
                  params: dict | None = None, overwrite: bool = False, progress=None, finish_in=None,
-                 load_seconds: float = 0.0):
+                 load_seconds: float = 0.0, slice_spec: str | None = None):
     """Explain `case` with every method and write OUT/<case>/... ; returns the summary dict.
 
     finish_in: an executor (one worker) to finish the case in the background: the figure, the last
     writes, summary.json and the rename into place run there while the caller starts the next case,
     and the return value is a Future of the summary (a cohort's per-case overhead then overlaps the
     next explanation). Without it everything is done before returning. load_seconds: the time the
-    caller spent reading the case, reported in summary.json with the preprocessing.
+    caller spent reading the case, reported in summary.json with the preprocessing. slice_spec:
+    the slice a 2D model explains in a 3D case (`choose_slab`).
     """
     final = Path(out_root) / case.name
     if final.exists() and not overwrite:
@@ -67,8 +124,7 @@ def explain_case(explainer, case: Case, methods: Sequence[str], out_root: Path, 
     want = model_channels(explainer)
     if want is not None and case.data.shape[-1] != want:
         raise InputError(f"case '{case.name}' has {case.data.shape[-1]} channels but the model input takes {want}")
-    x, geometry = prepare(case.data, model_spatial_shape(explainer), explainer.layout, explainer.card.normalize,
-                          case.moments)
+    x, geometry, slab, lift = model_input(explainer, case, slice_spec)
     timings["load_s"] = load_seconds
     timings["preprocess_s"] = time.perf_counter() - t0
     timings["load_and_preprocess_s"] = load_seconds + timings["preprocess_s"]
@@ -77,7 +133,8 @@ def explain_case(explainer, case: Case, methods: Sequence[str], out_root: Path, 
         shutil.rmtree(stage)
     stage.mkdir(parents=True)
     try:
-        finish = _run(explainer, case, methods, x, geometry, stage, target, region, params or {}, timings, progress)
+        finish = _run(explainer, case, methods, x, geometry, stage, target, region, params or {}, timings, progress,
+                      slab, lift)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
@@ -104,7 +161,7 @@ def _commit(stage: Path, final: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _run(explainer, case, methods, x, geometry, stage, target, region, params, timings, progress):
+def _run(explainer, case, methods, x, geometry, stage, target, region, params, timings, progress, slab, lift):
     """Explain with every method; returns the function that finishes the case (figure, last writes,
     summary.json). NIfTI files are compressed and written on a background thread while the next
     method runs; every write is waited for before the summary is written."""
@@ -112,7 +169,8 @@ def _run(explainer, case, methods, x, geometry, stage, target, region, params, t
     pending = [writer.submit(figures.warm_up)]
     try:
         summary, figure = _explain_all(explainer, case, methods, x, geometry, stage, target, region, params,
-                                       timings, progress, lambda *a: pending.append(writer.submit(save_nifti, *a)))
+                                       timings, progress, lambda *a: pending.append(writer.submit(save_nifti, *a)),
+                                       slab, lift)
     except BaseException:
         writer.shutdown(wait=True)
         raise
@@ -136,7 +194,8 @@ def _run(explainer, case, methods, x, geometry, stage, target, region, params, t
 
 
 def _explain_all(explainer, case, methods, x, geometry, stage, target, region, params, timings, progress,
-                 write) -> tuple[dict, Callable[[], None]]:
+                 write, slab=None, lift=None) -> tuple[dict, Callable[[], None]]:
+    lift = lift or (lambda a: a)
     # The first method runs before the prediction: when its passes evaluate the model at x itself
     # (every gradient method but IG/SmoothGrad, Grad-CAM, occlusion), the model's output comes
     # with them and no separate forward pass is run -- on a BraTS case that is ~3 s of ~10.
@@ -151,11 +210,15 @@ def _explain_all(explainer, case, methods, x, geometry, stage, target, region, p
     t = time.perf_counter()
     shared = explainer.last_forward if first is not None else None
     output, scores = shared if shared is not None else explainer.predict_and_score(x, region=region)
+    if explainer.task == "segmentation":
+        output = lift(output)
     timings["forward_s"] = time.perf_counter() - t
     summary = {"case": case.name, "sources": case.sources, "channels": case.channels, "task": explainer.task,
                "model_input_shape": list(x.shape), "image_shape": list(case.spatial_shape),
                "forward_pass": f"shared with {first[1]['method']}" if shared is not None else "separate",
                "methods": {}}
+    if slab is not None:
+        summary["slice"] = {"orientation": next(o for o, a in SLICE_AXES.items() if a == slab[0]), "index": slab[1]}
     pred_mask = None  # model space, inside the image (see Geometry.inside)
     image_voxels = int(np.prod(case.spatial_shape))
     if explainer.task == "segmentation":
@@ -199,6 +262,7 @@ def _explain_all(explainer, case, methods, x, geometry, stage, target, region, p
             attr = explainer.explain(x, method, target=target, region=region, **params.get(method, {}))
             seconds = time.perf_counter() - t
             info = dict(explainer.info)
+        attr = lift(attr)
         t = time.perf_counter()
         # Everything is computed on the model's crop (4x smaller than a BraTS grid); the image-grid
         # files are produced from it, block by block, on the writer thread (InImageGrid).
@@ -233,7 +297,9 @@ def _explain_all(explainer, case, methods, x, geometry, stage, target, region, p
     pred_image = None if pred_mask is None else InImageGrid(labels_model > 0, geometry)
 
     def figure():
-        center = _figure_center(case, pred_mask, origin, maps)
+        center = list(_figure_center(case, pred_mask, origin, maps))
+        if slab is not None:  # the explained slice is the one shown across the slab's axis
+            center[slab[0]] = slab[1]
         bg = case.channels.index("flair") if "flair" in case.channels else 0
         contour = case.seg > 0 if case.seg is not None else pred_image
         figures.overview(stage / "overview.png", case.data[..., bg], maps, center, title=title, contour=contour,

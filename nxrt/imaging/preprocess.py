@@ -29,6 +29,17 @@ class Geometry:
         offsets = tuple((m - i) // 2 for i, m in zip(image_shape, model_shape, strict=True))
         return cls(tuple(image_shape), tuple(model_shape), offsets)
 
+    @classmethod
+    def slab(cls, image_shape, model_shape_2d, axis: int, index: int) -> Geometry:
+        """One slice of a 3D image for a 2D model: image slice `index` along `axis`, centre
+        cropped/padded to the model's 2D shape; the model grid keeps that axis with size 1, so
+        every map maps back into the 3D image like a 3D one (zero off the slice)."""
+        model = list(model_shape_2d)
+        model.insert(axis, 1)
+        offsets = [(m - i) // 2 for i, m in zip(image_shape, model, strict=True)]
+        offsets[axis] = -index
+        return cls(tuple(image_shape), tuple(model), tuple(offsets))
+
     def _slices(self):
         src, dst = [], []
         for i, m, o in zip(self.image_shape, self.model_shape, self.offsets, strict=True):
@@ -204,20 +215,31 @@ def _normalize_in_place(values: np.ndarray, mode: str, stat: tuple[float, float]
 
 
 def prepare(data: np.ndarray, model_spatial: tuple[int, ...] | None, layout: str,
-            mode: str | None, moments: list[Moments] | None = None) -> tuple[np.ndarray, Geometry]:
+            mode: str | None, moments: list[Moments] | None = None,
+            slab: tuple[int, int] | None = None) -> tuple[np.ndarray, Geometry]:
     """[*spatial, C] image data -> ([1, C, *model_spatial] or [1, *model_spatial, C], geometry).
 
     moments: each channel's `Moments` if the reader gathered them (`Case.moments`); else they
-    are computed here.
+    are computed here. slab: (axis, index) to give a 2D model one slice of a 3D image
+    (`Geometry.slab`); the array then keeps that axis with size 1 (the caller squeezes it).
 
     The statistics come from the whole image; only the model's crop is normalised (4x less work on
     a BraTS case whose 240x240x155 grid is cropped to 128^3), one channel at a time, in the
     model's layout."""
     spatial = data.shape[:-1]
     target = tuple(model_spatial) if model_spatial else spatial
-    if len(target) != len(spatial):
-        raise InputError(f"the model takes {len(target)}D inputs but the case is {len(spatial)}D")
-    geometry = Geometry.centred(spatial, target)
+    if slab is not None:
+        if len(spatial) != 3 or len(target) != 2:
+            raise InputError(f"a slice is for a 2D model on a 3D case; this model takes {len(target)}D inputs "
+                             f"and the case is {len(spatial)}D")
+        geometry = Geometry.slab(spatial, target, *slab)
+        target = geometry.model_shape
+    elif len(target) != len(spatial):
+        raise InputError(f"the model takes {len(target)}D inputs but the case is {len(spatial)}D"
+                         + ("; give --slice axial|coronal|sagittal[:INDEX] to explain one slice"
+                            if (len(target), len(spatial)) == (2, 3) else ""))
+    else:
+        geometry = Geometry.centred(spatial, target)
     mode = mode or "none"
     if mode not in MODES:
         raise InputError(f"normalisation '{mode}' is not one of {', '.join(MODES)}")
