@@ -89,6 +89,10 @@ def test_2d_model_explains_one_slice_of_a_3d_case(tmp_path, layout, spec, axis, 
                                atol=1e-7)
     off = np.ones(IMAGE_GRID, bool)
     off[tuple(index if a == axis else slice(None) for a in range(3))] = False
+    from PIL import Image
+
+    width = Image.open(d / "overview.png").size[0]
+    assert 256 < width < 2 * 256  # one column: the explained slice (the others would show one line)
     for name in ("vanilla_map", "gradcam_map", "prediction"):
         vol = np.asarray(nib.load(str(d / f"{name}.nii.gz")).dataobj)
         assert vol.shape == IMAGE_GRID and not vol[off].any() and vol[~off].any(), name

@@ -168,8 +168,9 @@ def _colourbar(canvas, x: int, y: int, height: int, font, label_font) -> None:
 
 
 def overview(path, background, maps: dict, center, title: str = "", contour=None,
-             spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> None:
-    """Rows: methods; columns: axial, coronal, sagittal slices through `center` (voxel index).
+             spacing: Sequence[float] = (1.0, 1.0, 1.0), views: Sequence[str] = ORIENTATIONS) -> None:
+    """Rows: methods; columns: axial, coronal, sagittal slices through `center` (voxel index)
+    (`views`: which of them, e.g. only the slice a 2D model explained).
 
     background: [X, Y, Z] (a modality); maps: {method: [X, Y, Z] display map in 0..1} (arrays or
     anything sliceable like one); contour: optional tumour mask outlined on every panel; spacing:
@@ -180,12 +181,12 @@ def overview(path, background, maps: dict, center, title: str = "", contour=None
     from .writer import atomic_path
 
     # only the three shown slices are touched (a full-volume pass costs more than the drawing)
-    backgrounds = {o: _slice(background, o, center).astype(np.float32) for o in ORIENTATIONS}
+    backgrounds = {o: _slice(background, o, center).astype(np.float32) for o in views}
     lo, hi = _window(np.concatenate([b.ravel() for b in backgrounds.values()]))
     greys = {o: np.clip((b - lo) / (hi - lo), 0, 1) for o, b in backgrounds.items()}
-    outlines = {o: _slice(contour, o, center) for o in ORIENTATIONS} if contour is not None else {}
+    outlines = {o: _slice(contour, o, center) for o in views} if contour is not None else {}
     scale = _scale(np.shape(background), spacing, PANEL)
-    sizes = {o: _fitted_size(greys[o].shape, _pixel_spacing(o, spacing), scale) for o in ORIENTATIONS}
+    sizes = {o: _fitted_size(greys[o].shape, _pixel_spacing(o, spacing), scale) for o in views}
     rows = list(maps.items()) or [("", None)]
 
     font, small = _font(14), _font(12)
@@ -193,20 +194,21 @@ def overview(path, background, maps: dict, center, title: str = "", contour=None
     head_h = _text_size(font, "Ag")[1] + 6
     label_w = _text_size(font, "Ag")[1] + 6
     left, top = PAD + label_w + 4, PAD + title_h + head_h
-    grid_w, grid_h = 3 * PANEL + 2 * GAP, len(rows) * PANEL + (len(rows) - 1) * GAP
+    grid_w, grid_h = len(views) * PANEL + (len(views) - 1) * GAP, len(rows) * PANEL + (len(rows) - 1) * GAP
     bar_x = left + grid_w + 14
     right = bar_x + 16 + 4 + _text_size(small, "0.75")[0] + 16 + label_w + PAD if maps else left + grid_w + PAD
-    canvas = Image.new("RGB", (right, top + grid_h + PAD), (255, 255, 255))
+    title_w = _text_size(font, title)[0] + 2 * PAD if title else 0
+    canvas = Image.new("RGB", (max(right, title_w), top + grid_h + PAD), (255, 255, 255))
 
-    if title:
-        _put_text(canvas, (left + grid_w // 2, PAD), title, font)
-    for c, orient in enumerate(ORIENTATIONS):
+    if title:  # over the panels, or over the whole picture when it is wider than they are
+        _put_text(canvas, (left + grid_w // 2 if title_w <= left + grid_w else canvas.width // 2, PAD), title, font)
+    for c, orient in enumerate(views):
         _put_text(canvas, (left + c * (PANEL + GAP) + PANEL // 2, PAD + title_h), orient, font)
     for r, (name, volume) in enumerate(rows):
         y0 = top + r * (PANEL + GAP)
         if name:
             _put_text(canvas, (PAD + label_w // 2, y0 + PANEL // 2), name, font, vertical=True)
-        for c, orient in enumerate(ORIENTATIONS):
+        for c, orient in enumerate(views):
             overlay = None if volume is None else _slice(volume, orient, center)
             panel = _panel_image(_blend(greys[orient], overlay, outlines.get(orient)), sizes[orient])
             x0 = left + c * (PANEL + GAP)

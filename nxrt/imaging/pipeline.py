@@ -302,8 +302,9 @@ def _explain_all(explainer, case, methods, x, geometry, stage, target, region, p
             center[slab[0]] = slab[1]
         bg = case.channels.index("flair") if "flair" in case.channels else 0
         contour = case.seg > 0 if case.seg is not None else pred_image
+        views = figures.ORIENTATIONS if slab is None else [o for o, a in SLICE_AXES.items() if a == slab[0]]
         figures.overview(stage / "overview.png", case.data[..., bg], maps, center, title=title, contour=contour,
-                         spacing=case.spacing)
+                         spacing=case.spacing, views=views)
 
     return summary, figure
 
