@@ -162,6 +162,7 @@ class Explainer:
         input, Grad-CAM and guided Grad-CAM do: a gradient pass is a forward pass too), so a caller
         that also wants the prediction needs no separate forward pass; else `last_forward` is None.
         """
+        self.last_forward = None
         impl = get_method(method)
         params = impl.params(params)
         x = self.check_input(x)
@@ -177,7 +178,6 @@ class Explainer:
             outs.append(np.asarray(impl.explain(ctx, xi, ti, **params), dtype=np.float32))
             forwards.append(ctx.forward_at_sample)
         ctx._sample = None
-        self.last_forward = None
         if keep_forward and all(f is not None for f in forwards):
             self.last_forward = tuple(np.concatenate(part, axis=0) for part in zip(*forwards, strict=True))
         self.info = {"method": impl.name, "params": params, "targets": targets,
