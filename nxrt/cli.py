@@ -138,7 +138,8 @@ def _import_nibabel() -> None:
 @click.option("-o", "--output", "out", type=click.Path(file_okay=False, path_type=Path), default=Path("nxrt_out"),
               show_default=True)
 @click.option("--channel", "channels", multiple=True, help="NAME=FILE for one modality (repeatable).")
-@click.option("--region", default=None, help="Segmentation score region: 'predicted' or a mask NIfTI file.")
+@click.option("--region", default=None,
+              help="Segmentation score region: 'predicted' or a mask NIfTI on the case's voxel grid.")
 @click.option("--layer", default=None, help="Grad-CAM layer (ONNX tensor or node name).")
 @click.option("--steps", type=int, default=None, help="IG / guided IG steps.")
 @click.option("--samples", type=int, default=None, help="SmoothGrad samples.")
@@ -194,9 +195,16 @@ def explain(model, cases, methods, targets, out, channels, region, layer, steps,
         else:
             import nibabel as nib
 
+            from .imaging.pipeline import RegionMask
+
             if not Path(region).exists():
                 raise InputError(f"--region {region}: no such file; give 'predicted' or a mask NIfTI")
-            region_value = np.asarray(nib.load(region).dataobj) > 0
+            try:
+                img = nib.load(region)
+                region_value = RegionMask(np.asarray(img.dataobj) > 0, img.affine, f"--region {region}")
+            except Exception as exc:
+                raise InputError(f"--region {region}: cannot read it as NIfTI ({type(exc).__name__}); give 'predicted' "
+                                 "or a mask NIfTI on the case's grid") from None
     params = _method_params(methods, {"steps": steps, "samples": samples, "noise": noise, "rule": rule,
                                       "interpolation": interpolation, "layer": layer})
     items = [("--channel", None)] if channel_files and not cases else [(c, c) for c in cases]

@@ -11,6 +11,7 @@ import shutil
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -90,6 +91,32 @@ def _default_slice(case: Case, axis: int) -> int:
     return int((occupied[0] + occupied[-1]) // 2) if occupied.size else case.spatial_shape[axis] // 2
 
 
+@dataclass(frozen=True)
+class RegionMask:
+    """A segmentation score region drawn on a case (`--region mask.nii.gz`): voxels in the case's
+    image grid, nonzero inside; `explain_case` maps it through the crop/pad like the image."""
+
+    mask: np.ndarray
+    affine: np.ndarray | None = None
+    source: str = "the region mask"
+
+
+def _region_in_model_grid(region: RegionMask, case: Case, geometry, slab) -> np.ndarray:
+    if region.mask.shape != case.spatial_shape:
+        raise InputError(f"{region.source}: shape {region.mask.shape} differs from case '{case.name}' "
+                         f"{case.spatial_shape}; draw the region on this case's voxel grid")
+    if region.affine is not None and not np.allclose(region.affine, case.affine, atol=1e-4):
+        raise InputError(f"{region.source}: affine differs from case '{case.name}'; the region must be on the "
+                         "case's voxel grid (resample it first)")
+    inside = geometry.to_model(region.mask != 0)
+    if slab is not None:
+        inside = np.squeeze(inside, axis=slab[0])
+    if not inside.any():
+        raise InputError(f"{region.source}: no voxel of it lies in the part of case '{case.name}' the model sees "
+                         f"(its {'slice' if slab is not None else 'centre crop'} {geometry.model_shape})")
+    return inside
+
+
 def model_input(explainer, case: Case, slice_spec: str | None = None):
     """(x, geometry, slab, lift): the model's input for `case`, its geometry, the (axis, index)
     slice a 2D model explains in a 3D case (else None), and `lift`, which gives a model-space
@@ -114,7 +141,9 @@ def explain_case(explainer, case: Case, methods: Sequence[str], out_root: Path, 
     and the return value is a Future of the summary (a cohort's per-case overhead then overlaps the
     next explanation). Without it everything is done before returning. load_seconds: the time the
     caller spent reading the case, reported in summary.json with the preprocessing. slice_spec:
-    the slice a 2D model explains in a 3D case (`choose_slab`).
+    the slice a 2D model explains in a 3D case (`choose_slab`). region: None, "predicted", a
+    `RegionMask` on the case's image grid (or a plain array there), or an array on the model's
+    output grid as `Explainer.explain` takes it.
     """
     final = Path(out_root) / case.name
     if final.exists() and not overwrite:
@@ -125,6 +154,10 @@ def explain_case(explainer, case: Case, methods: Sequence[str], out_root: Path, 
     if want is not None and case.data.shape[-1] != want:
         raise InputError(f"case '{case.name}' has {case.data.shape[-1]} channels but the model input takes {want}")
     x, geometry, slab, lift = model_input(explainer, case, slice_spec)
+    if isinstance(region, np.ndarray) and region.shape == case.spatial_shape:
+        region = RegionMask(region)
+    if isinstance(region, RegionMask):
+        region = _region_in_model_grid(region, case, geometry, slab)
     timings["load_s"] = load_seconds
     timings["preprocess_s"] = time.perf_counter() - t0
     timings["load_and_preprocess_s"] = load_seconds + timings["preprocess_s"]
