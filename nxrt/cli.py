@@ -180,9 +180,9 @@ def explain(model, cases, methods, targets, out, channels, region, layer, steps,
     from .imaging.pipeline import case_finished, explain_case
     from .registry import get_method
 
-    methods = list(methods) or ["vanilla", "gradcam"]
-    for m in methods:
-        get_method(m)  # unknown methods fail before any work
+    # canonical names (unknown methods fail here, before any work): `-m ig --steps 16` must reach
+    # integrated_gradients with its steps, and `-m ig -m integrated_gradients` is one method
+    methods = list(dict.fromkeys(get_method(m).name for m in methods)) or ["vanilla", "gradcam"]
     channel_files = _parse_channels(channels)
     if not cases and not channel_files:
         raise InputError("no CASE given; pass NIfTI files, BraTS case folders or --channel NAME=FILE pairs")

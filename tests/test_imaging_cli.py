@@ -332,3 +332,17 @@ def test_cohort_isolates_failures_and_resume_finishes_the_rest(model, tmp_path):
     third = run_cli("explain", model, tmp_path / "p1", "-m", "vanilla", "-o", out)
     assert third.returncode == 2 and "--overwrite" in third.stderr
     assert run_cli("explain", model, tmp_path / "p1", "-m", "vanilla", "-o", out, "--overwrite").returncode == 0
+
+
+def test_method_aliases_keep_their_parameters(model, tmp_path):
+    """`-m ig --steps 3` is integrated_gradients with 3 steps (an alias once lost its parameters)."""
+    write_case(tmp_path / "c", "c")
+    res = run_cli("explain", model, tmp_path / "c", "-m", "ig", "--steps", "3", "-m", "sg", "--samples", "2",
+                  "-m", "integrated_gradients", "-o", tmp_path / "out")
+    assert res.returncode == 0, res.stderr
+    methods = json.loads((tmp_path / "out" / "c" / "summary.json").read_text())["methods"]
+    assert list(methods) == ["integrated_gradients", "smoothgrad"]  # the repeated method runs once
+    assert methods["integrated_gradients"]["params"]["steps"] == 3
+    assert methods["smoothgrad"]["params"]["samples"] == 2
+    bad = run_cli("explain", model, tmp_path / "c", "-m", "ig", "--steps", "0", "-o", tmp_path / "out2")
+    assert bad.returncode == 2 and "steps must be an integer >= 1" in bad.stderr

@@ -145,6 +145,11 @@ def explain_case(explainer, case: Case, methods: Sequence[str], out_root: Path, 
     `RegionMask` on the case's image grid (or a plain array there), or an array on the model's
     output grid as `Explainer.explain` takes it.
     """
+    from ..registry import get_method
+
+    # parameters are looked up by each method's own name, whatever alias the caller used
+    methods = list(dict.fromkeys(get_method(m).name for m in methods))
+    params = {get_method(k).name: v for k, v in (params or {}).items()}
     final = Path(out_root) / case.name
     if final.exists() and not overwrite:
         raise InputError(f"{final} exists; pass --overwrite to replace it or --resume to skip finished cases")
