@@ -201,7 +201,7 @@ def explain(model, cases, methods, targets, out, channels, region, layer, steps,
                 raise InputError(f"--region {region}: no such file; give 'predicted' or a mask NIfTI")
             try:
                 img = nib.load(region)
-                region_value = RegionMask(np.asarray(img.dataobj) > 0, img.affine, f"--region {region}")
+                region_value = RegionMask(np.asarray(img.dataobj), img.affine, f"--region {region}")
             except Exception as exc:
                 raise InputError(f"--region {region}: cannot read it as NIfTI ({type(exc).__name__}); give 'predicted' "
                                  "or a mask NIfTI on the case's grid") from None
@@ -348,7 +348,7 @@ def layers(model, case, out, targets, orientation, slice_spec, overwrite):
     from .explainer import Explainer
     from .imaging import figures
     from .imaging.cases import load_case
-    from .imaging.pipeline import SLICE_AXES, model_input
+    from .imaging.pipeline import SLICE_AXES, model_input, model_spatial_rank
     from .imaging.preprocess import to_image_channels_last
     from .postprocess import display_map
 
@@ -357,6 +357,8 @@ def layers(model, case, out, targets, orientation, slice_spec, overwrite):
     out = out or Path(f"{c.name}_layers.png")
     if out.exists() and not overwrite:
         raise InputError(f"{out} exists; pass --overwrite to replace it")
+    if slice_spec is None and model_spatial_rank(ex) == 2 and len(c.spatial_shape) == 3:
+        slice_spec = orientation  # a 2D model: --orientation picks the slice's orientation
     x, geometry, slab, lift = model_input(ex, c, slice_spec)
     sweep = ex.explain(x, "layer_sweep", target=list(targets) or None)
     sweep = (lift(sweep) if lift else sweep)[0]

@@ -157,10 +157,12 @@ class Explainer:
         class of each sample; segmentation: every foreground channel, i.e. all but channel 0).
         region (segmentation only): None (mean over all voxels), "predicted" (voxels whose argmax is
         the channel, mask held constant) or a mask array over the output's spatial grid.
-        keep_forward: also keep the model's output and scores at x in `last_forward` when the
-        method's own passes evaluated the model at exactly x (vanilla, guided backprop, gradient x
-        input, Grad-CAM and guided Grad-CAM do: a gradient pass is a forward pass too), so a caller
-        that also wants the prediction needs no separate forward pass; else `last_forward` is None.
+        keep_forward: also keep the model's output and scores at x in `last_forward` when any pass
+        of the call evaluated the model at exactly x (vanilla, guided backprop, gradient x input,
+        the CAM methods and occlusion do, and so does a classifier's target resolution: a gradient
+        pass is a forward pass too), so a caller that also wants the prediction needs no separate
+        forward pass; else (IG or SmoothGrad on a segmenter, or an `output` that is not a graph
+        output) `last_forward` is None.
         """
         self.last_forward = None
         impl = get_method(method)
@@ -408,7 +410,8 @@ class Context:
     def forward(self, xs: np.ndarray) -> np.ndarray:
         """Scores [n, K] of a stack of inputs (forward passes only)."""
         sess = self._ex.forward_session(self.sample_shape, self._region_kind)
-        keep = self._keep_forward and xs is self._sample and self.forward_at_sample is None
+        keep = self._keep_forward and xs is self._sample and self.forward_at_sample is None and \
+            self._ex.output_name in {o.name for o in sess.get_outputs()}
         fetch = [SCORES, self._ex.output_name] if keep else [SCORES]
         parts = [sess.run(fetch, self._feeds(sess, c, None)) for c in self._ex._chunks(xs.astype(np.float32))]
         scores = np.concatenate([p[0] for p in parts], axis=0)
@@ -439,7 +442,8 @@ class Context:
         """`names` of a gradient session for a stack of inputs, run in chunks and joined. When xs is
         the very sample being explained and the Explainer was asked to keep its forward pass, the
         model's output and scores of this pass are kept too (`forward_at_sample`)."""
-        keep = self._keep_forward and xs is self._sample and self.forward_at_sample is None
+        keep = self._keep_forward and xs is self._sample and self.forward_at_sample is None and \
+            self._ex.output_name in {o.name for o in sess.get_outputs()}
         fetch = names + [self._ex.output_name, SCORES] if keep else names
         parts = [sess.run(fetch, self._feeds(sess, c, self.seed(c.shape[0], target)))
                  for c in self._ex._chunks(np.ascontiguousarray(xs, dtype=np.float32))]

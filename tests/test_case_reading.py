@@ -102,3 +102,12 @@ def test_gunzip_reads_every_member_like_pythons_gzip():
     assert gunzip(mixed) == gzip.decompress(gzip.compress(b"head") + multi) == b"head" + payload
     with pytest.raises(EOFError):
         gunzip(single[:-100])
+    with pytest.raises(OSError, match="trailing garbage"):
+        gunzip(single + b"junk")
+
+
+def test_statistics_that_overflow_are_an_error_not_a_silent_scale():
+    data = np.ones((4, 4, 4, 1), np.float64)
+    data[0, 0, 0, 0] = 1e200  # its square is inf in float64
+    with pytest.raises(InputError, match="NaN/Inf"):
+        prepare(data, (4, 4, 4), "channels_first", "zscore")

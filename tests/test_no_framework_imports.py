@@ -61,3 +61,13 @@ def test_figures_need_no_matplotlib(tmp_path):
                          text=True)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "ok True True"
+
+
+def test_lazy_package_names():
+    """`import nxrt.cli` loads no onnx (the CLI reads the case meanwhile); the public names and the
+    submodules are still there on first use."""
+    code = ("import sys, nxrt.cli; print('onnx' in sys.modules); import nxrt; "
+            "print(sorted(nxrt._EXPORTS) == nxrt.__all__, nxrt.Explainer.__name__, nxrt.postprocess.__name__)")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["False", "True", "Explainer", "nxrt.postprocess"]

@@ -89,6 +89,11 @@ def test_2d_model_explains_one_slice_of_a_3d_case(tmp_path, layout, spec, axis, 
                                atol=1e-7)
     off = np.ones(IMAGE_GRID, bool)
     off[tuple(index if a == axis else slice(None) for a in range(3))] = False
+    # the display map's 99th percentile is the slice's (DESIGN.md's clip, on what was explained)
+    magnitude = np.abs(got[~off]).sum(axis=-1, dtype=np.float64)
+    top = np.sort(magnitude)[int(round(0.99 * (magnitude.size - 1)))]
+    shown = np.asarray(nib.load(str(d / "vanilla_map.nii.gz")).dataobj)[~off]
+    np.testing.assert_allclose(shown, np.minimum(magnitude, top) / top, rtol=1e-5, atol=1e-7)
     from PIL import Image
 
     width = Image.open(d / "overview.png").size[0]
@@ -117,3 +122,21 @@ def test_layers_figure_of_a_2d_model(tmp_path):
     from PIL import Image
 
     assert Image.open(tmp_path / "l.png").size[0] > 150
+
+
+def test_2d_model_without_static_size_takes_the_slice_as_it_is(tmp_path):
+    """A 2D model with symbolic height and width (and no nxrt.spatial_shape): the whole slice."""
+    path = seg_model_2d(tmp_path / "seg2d.onnx")
+    model = onnx.load(str(path))
+    for vi in (model.graph.input[0], model.graph.output[0]):
+        for d, name in zip(vi.type.tensor_type.shape.dim[2:], ("H", "W"), strict=True):
+            d.Clear()
+            d.dim_param = name
+    onnx.save(model, str(path))
+    write_case(tmp_path / "c", "c")
+    res = run_cli("explain", path, tmp_path / "c", "-m", "vanilla", "--slice", "sagittal:4", "-o", tmp_path / "out")
+    assert res.returncode == 0, res.stderr
+    summary = json.loads((tmp_path / "out" / "c" / "summary.json").read_text())
+    assert summary["model_input_shape"] == [1, 4, IMAGE_GRID[1], IMAGE_GRID[2]]
+    vol = np.asarray(nib.load(str(tmp_path / "out" / "c" / "vanilla_map.nii.gz")).dataobj)
+    assert vol[4].any() and not np.delete(vol, 4, axis=0).any()

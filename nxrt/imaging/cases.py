@@ -44,7 +44,8 @@ class Case:
     sources: list[str]
     seg: np.ndarray | None = None
     seg_source: str | None = None
-    #: each channel's Moments (z-score sums), gathered while the files were read; None: not known
+    #: each channel's Moments (z-score sums) of `data` as read, gathered while the files were read;
+    #: None: not known (set it to None when you change `data`: they are not recomputed)
     moments: list[Moments] | None = None
     extra: dict = field(default_factory=dict)
 
@@ -90,8 +91,8 @@ def prefetch(source: str | Path | None) -> None:
     if not files:
         return
     pool = ThreadPoolExecutor(min(len(files), os.cpu_count() or 1))
-    for f in files:
-        _prefetched[f] = pool.submit(_decode, f)
+    for f in files:  # (a segmentation's sums are never used)
+        _prefetched[f] = pool.submit(_decode, f, not strip_nifti(f.name).endswith(("_seg", "-seg")))
     pool.shutdown(wait=False)
 
 
@@ -200,7 +201,8 @@ def load_case(source: str | Path | None = None, channels: Sequence[str] | None =
             if channels and len(channels) > 1:
                 raise InputError(f"{path}: a single 3D volume, but the model wants {len(channels)} channels "
                                  f"({', '.join(channels)}); give a 4D NIfTI, a BraTS folder or --channel pairs")
-            return _stack(name or strip_nifti(path.name), list(channels or ["image"]), [path], None)
+            return _stack(name or strip_nifti(path.name), list(channels or ["image"]), [path], None,
+                          {path: (img, data, sums)})
         raise InputError(f"{path}: a {data.ndim}D image; expected 3D (one channel) or 4D (channels last)")
     stem = _brats_stem(path)
     if stem is None or (not path.exists() and not stem.parent.exists()):
@@ -239,13 +241,15 @@ def _checked(moments: Moments | None, values: np.ndarray, path) -> Moments:
     return m
 
 
-def _stack(name: str, order: list[str], paths: list[Path], seg: Path | None) -> Case:
+def _stack(name: str, order: list[str], paths: list[Path], seg: Path | None, loaded: dict | None = None) -> Case:
+    """The channel files stacked last; `loaded`: files already decoded (path -> `_decode` result)."""
+    loaded = loaded or {}
     ref = stacked = None
     moments = []
     with ThreadPoolExecutor(min(4, os.cpu_count() or 1)) as pool:  # inflate, decode and sum in parallel
         # each channel is copied in as soon as it is decoded, while the others still decode
-        for k, (c, p, (img, data, sums)) in enumerate(zip(order, paths, pool.map(lambda p: _load_nifti(Path(p)),
-                                                                                   paths), strict=True)):
+        decoded = pool.map(lambda p: loaded.get(p) or _load_nifti(Path(p)), paths)
+        for k, (c, p, (img, data, sums)) in enumerate(zip(order, paths, decoded, strict=True)):
             if data.ndim != 3:
                 raise InputError(f"{p}: channel '{c}' is {data.ndim}D; each channel file must be a 3D volume")
             if ref is None:

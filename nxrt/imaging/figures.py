@@ -3,7 +3,8 @@
 Drawn with Pillow straight from numpy arrays: an overview of a BraTS case costs a few tens of
 milliseconds, where matplotlib took ~0.3 s (plus 0.4 s to import) -- on a single case that was
 half of all the I/O time around the explanation. Each slice is shown at its physical aspect (the
-voxel spacing is honoured, so anisotropic scans are not squashed), in radiological orientation.
+voxel spacing is honoured, so anisotropic scans are not squashed), superior / anterior up for the
+usual RAS-like voxel order (BraTS, MNI); the voxel axes are not reoriented from the affine.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def _slice(vol, orientation: str, index) -> np.ndarray:
         s = vol[:, y, :]
     else:
         s = vol[x, :, :]
-    return np.rot90(np.asarray(s))  # radiological display: superior / anterior up
+    return np.rot90(np.asarray(s))  # superior / anterior up for RAS-like voxel order
 
 
 def _mm(spacing: Sequence[float]) -> tuple[float, float, float]:

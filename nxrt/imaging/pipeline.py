@@ -37,6 +37,12 @@ def model_spatial_shape(explainer) -> tuple[int, ...] | None:
     return None
 
 
+def model_spatial_rank(explainer) -> int | None:
+    """How many spatial axes the model's input has (2 or 3), static dims or not."""
+    shape = explainer.model.input_shape
+    return len(shape) - 2 if shape else None
+
+
 def model_channels(explainer) -> int | None:
     shape = explainer.model.input_shape
     if not shape:
@@ -54,17 +60,17 @@ def case_finished(out_dir: Path) -> bool:
 SLICE_AXES = {"sagittal": 0, "coronal": 1, "axial": 2}
 
 
-def choose_slab(case: Case, model_spatial, spec: str | None) -> tuple[int, int] | None:
-    """(axis, index) of the slice a 2D model explains in a 3D case; None when the model's rank
-    is the case's. spec: "axial", "coronal:60", ... or None (axial, through the tumour's centre
-    when the case has a segmentation, else through the middle of the brain)."""
+def choose_slab(case: Case, model_rank: int | None, spec: str | None) -> tuple[int, int] | None:
+    """(axis, index) of the slice a 2D model (`model_rank` spatial axes) explains in a 3D case;
+    None when the model's rank is the case's. spec: "axial", "coronal:60", ... or None (axial,
+    through the tumour's centre when the case has a segmentation, else through the middle of the
+    brain)."""
     spatial = case.spatial_shape
-    two_d = model_spatial is not None and len(model_spatial) == 2 and len(spatial) == 3
+    two_d = model_rank == 2 and len(spatial) == 3
     if not two_d:
         if spec is not None:
-            rank = len(model_spatial) if model_spatial else len(spatial)
-            raise InputError(f"--slice is for a 2D model on a 3D case; this model takes {rank}D inputs "
-                             f"and the case is {len(spatial)}D: drop --slice")
+            raise InputError(f"--slice is for a 2D model on a 3D case; this model takes {model_rank or len(spatial)}D "
+                             f"inputs and the case is {len(spatial)}D: drop --slice")
         return None
     orientation, _, index = (spec or "axial").partition(":")
     if orientation not in SLICE_AXES:
@@ -123,8 +129,11 @@ def model_input(explainer, case: Case, slice_spec: str | None = None):
     batch array of such a 2D model back the slice's axis (of size 1), so that every map of it is
     written into the 3D image like a 3D model's (zero off the slice); None when not needed."""
     spatial = model_spatial_shape(explainer)
-    slab = choose_slab(case, spatial, slice_spec)
-    x, geometry = prepare(case.data, spatial, explainer.layout, explainer.card.normalize, case.moments, slab)
+    slab = choose_slab(case, model_spatial_rank(explainer), slice_spec)
+    if slab is not None and spatial is None:  # a 2D model of any size: the slice as it is
+        spatial = tuple(n for a, n in enumerate(case.spatial_shape) if a != slab[0])
+    moments = case.moments if case.moments and len(case.moments) == case.data.shape[-1] else None
+    x, geometry = prepare(case.data, spatial, explainer.layout, explainer.card.normalize, moments, slab)
     if slab is None:
         return x, geometry, None, None
     axis = (2 if explainer.layout == "channels_first" else 1) + slab[0]
@@ -259,6 +268,8 @@ def _explain_all(explainer, case, methods, x, geometry, stage, target, region, p
         summary["slice"] = {"orientation": next(o for o, a in SLICE_AXES.items() if a == slab[0]), "index": slab[1]}
     pred_mask = None  # model space, inside the image (see Geometry.inside)
     image_voxels = int(np.prod(case.spatial_shape))
+    # the display map's percentile runs over what was explained: the image, or a 2D model's slice
+    shown_voxels = image_voxels if slab is None else image_voxels // case.spatial_shape[slab[0]]
     if explainer.task == "segmentation":
         t = time.perf_counter()
         out = output[0]
@@ -310,8 +321,9 @@ def _explain_all(explainer, case, methods, x, geometry, stage, target, region, p
         write(stage / f"{name}.nii.gz", InImageGrid(channels_last, geometry), case.affine, case.header)
         model_magnitude = channel_magnitude(sample, 0 if explainer.layout == "channels_first" else -1)
         magnitude = geometry.inside(model_magnitude)  # the image outside the crop has none
-        # the percentile is taken over the whole image, as DESIGN.md defines the display map
-        top = display_scale(magnitude, extra_zeros=image_voxels - magnitude.size)
+        # the percentile is taken over the whole image (a 2D model's whole slice), as DESIGN.md
+        # defines the display map
+        top = display_scale(magnitude, extra_zeros=shown_voxels - magnitude.size)
         dmap = InImageGrid(np.minimum(model_magnitude, top) / np.float32(top), geometry)
         write(stage / f"{name}_map.nii.gz", dmap, case.affine, case.header)
         maps[name] = dmap

@@ -191,6 +191,8 @@ def channel_stat(ch: np.ndarray, mode: str | None, moments: Moments | None = Non
         raise InputError(f"normalisation '{mode}' is not one of {', '.join(MODES)}")
     if mode == "zscore":
         m = moments or Moments.of(ch)
+        if not m.finite:
+            raise InputError("a channel holds NaN/Inf values (or values too large to square); fix the volume")
         if m.count == 0:
             return 0.0, 1.0
         mean = m.total / m.count
@@ -248,12 +250,13 @@ def prepare(data: np.ndarray, model_spatial: tuple[int, ...] | None, layout: str
     first = layout == "channels_first"
     arr = np.zeros((1, channels, *target) if first else (1, *target, channels), np.float32)  # padding stays 0
     for c in range(channels):  # (threads over channels gain nothing here: these passes are memory-bound)
+        stat = channel_stat(data[..., c], mode, moments[c] if moments else None)
         into = (arr[0, c] if first else arr[0, ..., c])[dst]
         # the crop is copied first (the one pass that reorders NIfTI's x-fastest voxels into the
         # model's layout), then normalised in place on contiguous memory: 2.5x faster than
         # normalising the strided crop into temporaries
         into[...] = data[(*src, c)]
-        _normalize_in_place(into, mode, channel_stat(data[..., c], mode, moments[c] if moments else None))
+        _normalize_in_place(into, mode, stat)
     return arr, geometry
 
 

@@ -138,3 +138,5 @@ def gunzip(data: bytes) -> bytes:
         # done at the end of the data, or at trailing zero padding (which gzip readers skip)
         if not rest or (rest[0] == 0 and not bytes(rest).strip(b"\0")):
             return parts[0] if len(parts) == 1 else b"".join(parts)
+        if bytes(rest[:2]) != b"\x1f\x8b":
+            raise OSError("trailing garbage after the gzip data (not another gzip member)")
