@@ -195,7 +195,7 @@ def explain(model, cases, methods, targets, out, channels, region, layer, steps,
         else:
             import nibabel as nib
 
-            from .imaging.pipeline import RegionMask
+            from .imaging.inputs import RegionMask
 
             if not Path(region).exists():
                 raise InputError(f"--region {region}: no such file; give 'predicted' or a mask NIfTI")
@@ -348,7 +348,7 @@ def layers(model, case, out, targets, orientation, slice_spec, overwrite):
     from .explainer import Explainer
     from .imaging import figures
     from .imaging.cases import load_case
-    from .imaging.pipeline import SLICE_AXES, model_input, model_spatial_rank
+    from .imaging.inputs import SLICE_AXES, model_input, model_spatial_rank
     from .imaging.preprocess import to_image_channels_last
     from .postprocess import display_map
 

@@ -11,7 +11,6 @@ import shutil
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,124 +19,15 @@ from ..errors import InputError
 from ..postprocess import channel_argmax, channel_magnitude, display_scale
 from . import figures
 from .cases import Case
-from .preprocess import InImageGrid, prepare
+from .inputs import SLICE_AXES, RegionMask, centre_of_mass, model_channels, model_input, region_in_model_grid
+from .preprocess import InImageGrid
 from .writer import save_json, save_nifti
 
 SUMMARY = "summary.json"
 
 
-def model_spatial_shape(explainer) -> tuple[int, ...] | None:
-    """The model's spatial input shape: static ONNX input dims, else the card's nxrt.spatial_shape."""
-    shape = explainer.model.input_shape
-    spatial = shape[2:] if explainer.layout == "channels_first" else shape[1:-1]
-    if spatial and all(isinstance(d, int) and d > 0 for d in spatial):
-        return tuple(spatial)
-    if explainer.card.spatial_shape:
-        return tuple(explainer.card.spatial_shape)
-    return None
-
-
-def model_spatial_rank(explainer) -> int | None:
-    """How many spatial axes the model's input has (2 or 3), static dims or not."""
-    shape = explainer.model.input_shape
-    return len(shape) - 2 if shape else None
-
-
-def model_channels(explainer) -> int | None:
-    shape = explainer.model.input_shape
-    if not shape:
-        return None
-    c = shape[1] if explainer.layout == "channels_first" else shape[-1]
-    return c if isinstance(c, int) else None
-
-
 def case_finished(out_dir: Path) -> bool:
     return (out_dir / SUMMARY).exists()
-
-
-#: voxel axis of each slice orientation (NIfTI's RAS-like voxel order: x left-right, y
-#: posterior-anterior, z inferior-superior), as the overview figure shows them
-SLICE_AXES = {"sagittal": 0, "coronal": 1, "axial": 2}
-
-
-def choose_slab(case: Case, model_rank: int | None, spec: str | None) -> tuple[int, int] | None:
-    """(axis, index) of the slice a 2D model (`model_rank` spatial axes) explains in a 3D case;
-    None when the model's rank is the case's. spec: "axial", "coronal:60", ... or None (axial,
-    through the tumour's centre when the case has a segmentation, else through the middle of the
-    brain)."""
-    spatial = case.spatial_shape
-    two_d = model_rank == 2 and len(spatial) == 3
-    if not two_d:
-        if spec is not None:
-            raise InputError(f"--slice is for a 2D model on a 3D case; this model takes {model_rank or len(spatial)}D "
-                             f"inputs and the case is {len(spatial)}D: drop --slice")
-        return None
-    orientation, _, index = (spec or "axial").partition(":")
-    if orientation not in SLICE_AXES:
-        raise InputError(f"--slice '{spec}': the orientation must be axial, coronal or sagittal "
-                         "(e.g. --slice axial:77)")
-    axis, n = SLICE_AXES[orientation], spatial[SLICE_AXES[orientation]]
-    if not index:
-        return axis, _default_slice(case, axis)
-    try:
-        k = int(index)
-    except ValueError:
-        raise InputError(f"--slice '{spec}': the index must be an integer (e.g. --slice {orientation}:{n // 2})") \
-            from None
-    if not 0 <= k < n:
-        raise InputError(f"--slice '{spec}': the case has {n} {orientation} slices (0..{n - 1})")
-    return axis, k
-
-
-def _default_slice(case: Case, axis: int) -> int:
-    if case.seg is not None and np.any(case.seg):
-        return int(round(_centre_of_mass(case.seg > 0)[axis]))
-    others = tuple(a for a in range(3) if a != axis)
-    occupied = np.flatnonzero(np.any(case.data[..., 0] != 0, axis=others))
-    return int((occupied[0] + occupied[-1]) // 2) if occupied.size else case.spatial_shape[axis] // 2
-
-
-@dataclass(frozen=True)
-class RegionMask:
-    """A segmentation score region drawn on a case (`--region mask.nii.gz`): voxels in the case's
-    image grid, nonzero inside; `explain_case` maps it through the crop/pad like the image."""
-
-    mask: np.ndarray
-    affine: np.ndarray | None = None
-    source: str = "the region mask"
-
-
-def _region_in_model_grid(region: RegionMask, case: Case, geometry, slab) -> np.ndarray:
-    if region.mask.shape != case.spatial_shape:
-        raise InputError(f"{region.source}: shape {region.mask.shape} differs from case '{case.name}' "
-                         f"{case.spatial_shape}; draw the region on this case's voxel grid")
-    if region.affine is not None and not np.allclose(region.affine, case.affine, atol=1e-4):
-        raise InputError(f"{region.source}: affine differs from case '{case.name}'; the region must be on the "
-                         "case's voxel grid (resample it first)")
-    inside = geometry.to_model(region.mask != 0)
-    if slab is not None:
-        inside = np.squeeze(inside, axis=slab[0])
-    if not inside.any():
-        raise InputError(f"{region.source}: no voxel of it lies in the part of case '{case.name}' the model sees "
-                         f"(its {'slice' if slab is not None else 'centre crop'} {geometry.model_shape})")
-    return inside
-
-
-def model_input(explainer, case: Case, slice_spec: str | None = None):
-    """(x, geometry, slab, lift): the model's input for `case`, its geometry, the (axis, index)
-    slice a 2D model explains in a 3D case (else None), and `lift`, which gives a model-space
-    batch array of such a 2D model back the slice's axis (of size 1), so that every map of it is
-    written into the 3D image like a 3D model's (zero off the slice); None when not needed."""
-    spatial = model_spatial_shape(explainer)
-    slab = choose_slab(case, model_spatial_rank(explainer), slice_spec)
-    if slab is not None and spatial is None:  # a 2D model of any size: the slice as it is
-        spatial = tuple(n for a, n in enumerate(case.spatial_shape) if a != slab[0])
-    moments = case.moments if case.moments and len(case.moments) == case.data.shape[-1] else None
-    x, geometry = prepare(case.data, spatial, explainer.layout, explainer.card.normalize, moments, slab)
-    if slab is None:
-        return x, geometry, None, None
-    axis = (2 if explainer.layout == "channels_first" else 1) + slab[0]
-    return np.squeeze(x, axis=axis), geometry, slab, lambda a: np.expand_dims(a, axis)
 
 
 def explain_case(explainer, case: Case, methods: Sequence[str], out_root: Path, target=None, region=None,
@@ -171,7 +61,7 @@ def explain_case(explainer, case: Case, methods: Sequence[str], out_root: Path, 
     if isinstance(region, np.ndarray) and region.shape == case.spatial_shape:
         region = RegionMask(region)
     if isinstance(region, RegionMask):
-        region = _region_in_model_grid(region, case, geometry, slab)
+        region = region_in_model_grid(region, case, geometry, slab)
     timings["load_s"] = load_seconds
     timings["preprocess_s"] = time.perf_counter() - t0
     timings["load_and_preprocess_s"] = load_seconds + timings["preprocess_s"]
@@ -327,7 +217,7 @@ def _explain_all(explainer, case, methods, x, geometry, stage, target, region, p
         dmap = InImageGrid(np.minimum(model_magnitude, top) / np.float32(top), geometry)
         write(stage / f"{name}_map.nii.gz", dmap, case.affine, case.header)
         maps[name] = dmap
-        ijk = _centre_of_mass(magnitude)
+        ijk = centre_of_mass(magnitude)
         entry = {"target": info["targets"][0], "params": _plain(info["params"]), "seconds": round(seconds, 4),
                  "session_build_seconds": round(info.get("build_seconds", 0.0), 4),
                  "centroid_mm": None if ijk is None else
@@ -375,26 +265,16 @@ def _plain(params: dict) -> dict:
     return out
 
 
-def _centre_of_mass(weights: np.ndarray) -> np.ndarray | None:
-    """Weighted mean voxel index, from the marginal sums along each axis (no index grids)."""
-    total = float(weights.sum(dtype=np.float64))
-    if total <= 0:
-        return None
-    axes = range(weights.ndim)
-    return np.array([weights.sum(axis=tuple(a for a in axes if a != k), dtype=np.float64) @ np.arange(n)
-                     for k, n in enumerate(weights.shape)]) / total
-
-
 def _figure_center(case: Case, pred_mask, origin: np.ndarray, maps) -> tuple[float, ...]:
     """Slices through the tumour (true, else predicted), else through the first map's centroid.
     pred_mask: on the model's crop, whose first voxel is image voxel `origin`."""
     if case.seg is not None and np.any(case.seg):
-        return tuple(_centre_of_mass(case.seg > 0))
+        return tuple(centre_of_mass(case.seg > 0))
     if pred_mask is not None and pred_mask.any():
-        return tuple(_centre_of_mass(pred_mask) + origin)
+        return tuple(centre_of_mass(pred_mask) + origin)
     if maps:
         first = next(iter(maps.values()))
-        ijk = _centre_of_mass(first.geometry.inside(first.volume))
+        ijk = centre_of_mass(first.geometry.inside(first.volume))
         if ijk is not None:
             return tuple(ijk + origin)
     return tuple(s / 2 for s in case.spatial_shape)
