@@ -25,7 +25,7 @@ import onnx
 from .graph import PROTOBUF_LIMIT, model_bytes, save_model
 
 #: bump when the augmentation output changes, so old entries are not reused
-FORMAT = 1
+FORMAT = 2  # 2: an intermediate `output=` tensor is a graph output
 
 
 def cache_dir() -> Path | None:

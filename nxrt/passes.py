@@ -145,6 +145,16 @@ def _name_output(model: onnx.ModelProto, tensor: str, name: str) -> None:
     model.graph.node.append(helper.make_node("Identity", [tensor], [name], name=f"{name}_out"))
 
 
+def _expose_explained(model: onnx.ModelProto, spec: ScoreSpec) -> list[str]:
+    """The explained tensor as a graph output when it is an intermediate one (`output=` naming an
+    inner tensor): predictions and kept forward passes fetch it. Returns what was added."""
+    tensor = spec.output or model.graph.output[0].name
+    if tensor in {o.name for o in model.graph.output}:
+        return []
+    model.graph.output.append(helper.make_tensor_value_info(tensor, TensorProto.UNDEFINED, None))
+    return [tensor]
+
+
 def augment(model: str | os.PathLike | onnx.ModelProto, wrt: Sequence[str] = (INPUT_ALIAS,),
             layers: Sequence[str] = (), guided: bool = False, target=None, *,
             score: ScoreSpec | None = None, guided_ops: Sequence[str] = ("Relu",),
@@ -173,6 +183,7 @@ def augment(model: str | os.PathLike | onnx.ModelProto, wrt: Sequence[str] = (IN
     wrt_names = _resolve_wrt(work, wrt)
     layer_names = [resolve_tensor(work, layer) for layer in layers]
     scores = _score_head(work, score)
+    exposed = _expose_explained(work, score)
     info = GraphInfo(infer_shapes_inplace(work))
     score_shape = info.shape(scores)
     if score_shape is None or len(score_shape) != 2:
@@ -204,7 +215,7 @@ def augment(model: str | os.PathLike | onnx.ModelProto, wrt: Sequence[str] = (IN
         if tensor != name:
             _name_output(work, tensor, name)
         work.graph.output.append(helper.make_tensor_value_info(name, TensorProto.UNDEFINED, None))
-    work = _finalise(work, [name for _, name in outputs])
+    work = _finalise(work, exposed + [name for _, name in outputs])
     if check:
         check_model(work)
     return work
@@ -218,10 +229,11 @@ def score_model(model: str | os.PathLike | onnx.ModelProto, score: ScoreSpec) ->
     work = convert_opset(work)
     del work.graph.value_info[:]
     scores = _score_head(work, score)
+    exposed = _expose_explained(work, score)
     if scores != SCORES:
         _name_output(work, scores, SCORES)
     work.graph.output.append(helper.make_tensor_value_info(SCORES, TensorProto.UNDEFINED, None))
-    return _finalise(work, [SCORES])
+    return _finalise(work, exposed + [SCORES])
 
 
 def free_batch_reshapes(model: onnx.ModelProto, batch: str) -> int:

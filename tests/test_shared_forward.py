@@ -71,3 +71,20 @@ def test_explain_command_shares_the_forward_pass(tmp_path, first):
     labels = geometry.to_image(np.argmax(output[0], axis=0).astype(np.int16))
     written = np.asarray(nib.load(str(tmp_path / "out" / "c" / "prediction.nii.gz")).dataobj)
     np.testing.assert_array_equal(written, labels)
+
+
+def test_an_inner_output_is_predicted_and_kept():
+    """output= naming an intermediate tensor (the classifier's logits before its Softmax)."""
+    import onnx
+    from onnx.reference import ReferenceEvaluator
+
+    model = tiny_classifier()
+    x = np.random.default_rng(2).normal(size=(2, 3, 8, 8)).astype(np.float32)
+    ex = nxrt.Explainer(model, output="logits")
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    probe.graph.output.append(onnx.helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, None))
+    want = ReferenceEvaluator(probe).run(["logits"], {model.graph.input[0].name: x})[0]
+    np.testing.assert_allclose(ex.predict(x), want, rtol=1e-5, atol=1e-6)
+    ex.explain(x, "vanilla", target=0, keep_forward=True)
+    np.testing.assert_allclose(ex.last_forward[0], want, rtol=1e-5, atol=1e-6)
