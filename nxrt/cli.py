@@ -348,7 +348,8 @@ def layers(model, case, out, targets, orientation, slice_spec, overwrite):
     from .explainer import Explainer
     from .imaging import figures
     from .imaging.cases import load_case
-    from .imaging.inputs import SLICE_AXES, model_input, model_spatial_rank
+    from .imaging.inputs import model_input, model_spatial_rank
+    from .imaging.orientation import view_of_axis
     from .imaging.preprocess import to_image_channels_last
     from .postprocess import display_map
 
@@ -370,9 +371,9 @@ def layers(model, case, out, targets, orientation, slice_spec, overwrite):
         else [s / 2 for s in c.spatial_shape]
     if slab is not None:  # a 2D model: the panels show the slice it explained
         center[slab[0]] = slab[1]
-        orientation = next(o for o, a in SLICE_AXES.items() if a == slab[0])
+        orientation = view_of_axis(slab[0], c.affine)
     bg = c.channels.index("flair") if "flair" in c.channels else 0
-    figures.layer_grid(out, c.data[..., bg], maps, names, center, orientation, spacing=c.spacing)
+    figures.layer_grid(out, c.data[..., bg], maps, names, center, orientation, spacing=c.spacing, affine=c.affine)
     click.echo(f"wrote {out} ({len(names)} layers)")
 
 

@@ -75,3 +75,42 @@ def test_layer_grid_one_panel_per_layer(tmp_path):
     img = np.asarray(Image.open(tmp_path / "l.png").convert("RGB"))
     assert img.shape[1] > 6 * 180 and img.shape[0] > 2 * 180  # 6 columns, 2 rows
     assert len(np.unique(img.reshape(-1, 3), axis=0)) > 20
+
+
+@pytest.mark.parametrize("codes", [("L", "P", "S"), ("P", "S", "L"), ("I", "R", "A")])
+def test_a_reoriented_file_gives_the_same_picture(tmp_path, codes):
+    """The same scan stored in another voxel order (nibabel's as_reoriented: same world data, new
+    affine) draws the very same overview: the views are taken from the affine, not the order."""
+    import nibabel as nib
+    from nibabel.orientations import axcodes2ornt, io_orientation, ornt_transform
+
+    rng = np.random.default_rng(5)
+    scan = rng.uniform(100, 200, (30, 24, 18)).astype(np.float32)
+    scan[:, :, :3] = 0  # an asymmetric picture: flips and transposes would show
+    hot = np.zeros_like(scan)
+    hot[5:12, 14:20, 9:15] = np.linspace(0.2, 1, 6)[None, :, None]
+    affine = np.diag([1.0, 1.5, 2.0, 1.0])
+    center = np.array([10.0, 16.0, 11.0])
+
+    def draw(name, data, mask, aff, c):
+        spacing = np.linalg.norm(aff[:3, :3], axis=0)
+        figures.overview(tmp_path / name, data, {"m": mask}, tuple(c), title="t", spacing=spacing, affine=aff)
+        return np.asarray(Image.open(tmp_path / name).convert("RGB"))
+
+    want = draw("ras.png", scan, hot, affine, center)
+    transform = ornt_transform(io_orientation(affine), axcodes2ornt(codes))
+    moved = nib.Nifti1Image(scan, affine).as_reoriented(transform)
+    moved_hot = nib.Nifti1Image(hot, affine).as_reoriented(transform)
+    assert nib.aff2axcodes(moved.affine) == codes
+    c2 = (np.linalg.inv(moved.affine) @ affine @ np.append(center, 1))[:3]
+    got = draw("moved.png", np.asarray(moved.dataobj), np.asarray(moved_hot.dataobj), moved.affine, c2)
+    np.testing.assert_array_equal(got, want)
+
+
+def test_axial_is_the_voxel_axis_nearest_superior():
+    from nxrt.imaging.orientation import view_axis, view_of_axis
+
+    psl = np.array([[0, 0, -1, 0], [-1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 0, 1.0]])  # voxel axes: P, S, L
+    assert [view_axis(v, psl) for v in ("sagittal", "coronal", "axial")] == [2, 0, 1]
+    assert [view_of_axis(a, psl) for a in range(3)] == ["coronal", "axial", "sagittal"]
+    assert [view_axis(v, None) for v in ("sagittal", "coronal", "axial")] == [0, 1, 2]

@@ -80,7 +80,8 @@ def test_2d_model_explains_one_slice_of_a_3d_case(tmp_path, layout, spec, axis, 
     assert res.returncode == 0, res.stderr
     d = tmp_path / "out" / "c"
     summary = json.loads((d / "summary.json").read_text())
-    assert summary["slice"] == {"orientation": ["sagittal", "coronal", "axial"][axis], "index": index}
+    assert summary["slice"] == {"orientation": ["sagittal", "coronal", "axial"][axis], "voxel_axis": axis,
+                                "index": index}
     raw = nib.load(str(d / "vanilla.nii.gz"))
     assert raw.shape == IMAGE_GRID + (4,)
     np.testing.assert_allclose(raw.affine, load_case(tmp_path / "c").affine)

@@ -3,8 +3,8 @@
 Drawn with Pillow straight from numpy arrays: an overview of a BraTS case costs a few tens of
 milliseconds, where matplotlib took ~0.3 s (plus 0.4 s to import) -- on a single case that was
 half of all the I/O time around the explanation. Each slice is shown at its physical aspect (the
-voxel spacing is honoured, so anisotropic scans are not squashed), superior / anterior up for the
-usual RAS-like voxel order (BraTS, MNI); the voxel axes are not reoriented from the affine.
+voxel spacing is honoured, so anisotropic scans are not squashed) and the same way up whatever
+order the file stores its voxels in (`orientation.view_slice`, from the affine).
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ import functools
 from collections.abc import Sequence
 
 import numpy as np
+
+from .orientation import view_pixel_mm, view_slice
 
 ORIENTATIONS = ("axial", "coronal", "sagittal")
 PANEL = 256  # every slice is fitted into a PANEL x PANEL box
@@ -45,27 +47,10 @@ def jet(values: np.ndarray) -> np.ndarray:
     return _JET_LUT[index]
 
 
-def _slice(vol, orientation: str, index) -> np.ndarray:
-    x, y, z = (int(round(v)) for v in index)
-    if orientation == "axial":
-        s = vol[:, :, z]
-    elif orientation == "coronal":
-        s = vol[:, y, :]
-    else:
-        s = vol[x, :, :]
-    return np.rot90(np.asarray(s))  # superior / anterior up for RAS-like voxel order
-
-
 def _mm(spacing: Sequence[float]) -> tuple[float, float, float]:
     """Voxel size in mm per axis (a missing or zero entry taken as 1 mm)."""
     sx, sy, sz = (float(s) if s and s > 0 else 1.0 for s in spacing[:3])
     return sx, sy, sz
-
-
-def _pixel_spacing(orientation: str, spacing: Sequence[float]) -> tuple[float, float]:
-    """(width, height) in mm of one displayed pixel of a slice in `orientation`."""
-    sx, sy, sz = _mm(spacing)
-    return {"axial": (sx, sy), "coronal": (sx, sz), "sagittal": (sy, sz)}[orientation]
 
 
 def _fitted_size(shape: tuple[int, int], pixel: tuple[float, float], scale: float) -> tuple[int, int]:
@@ -169,25 +154,26 @@ def _colourbar(canvas, x: int, y: int, height: int, font, label_font) -> None:
 
 
 def overview(path, background, maps: dict, center, title: str = "", contour=None,
-             spacing: Sequence[float] = (1.0, 1.0, 1.0), views: Sequence[str] = ORIENTATIONS) -> None:
+             spacing: Sequence[float] = (1.0, 1.0, 1.0), views: Sequence[str] = ORIENTATIONS, affine=None) -> None:
     """Rows: methods; columns: axial, coronal, sagittal slices through `center` (voxel index)
     (`views`: which of them, e.g. only the slice a 2D model explained).
 
     background: [X, Y, Z] (a modality); maps: {method: [X, Y, Z] display map in 0..1} (arrays or
     anything sliceable like one); contour: optional tumour mask outlined on every panel; spacing:
-    the voxel size in mm. Written atomically as PNG. Without maps, one row shows the scan alone.
+    the voxel size in mm; affine: the image's, to show it the right way up (None: RAS voxel order).
+    Written atomically as PNG. Without maps, one row shows the scan alone.
     """
     from PIL import Image
 
     from .writer import atomic_path
 
     # only the three shown slices are touched (a full-volume pass costs more than the drawing)
-    backgrounds = {o: _slice(background, o, center).astype(np.float32) for o in views}
+    backgrounds = {o: view_slice(background, o, center, affine).astype(np.float32) for o in views}
     lo, hi = _window(np.concatenate([b.ravel() for b in backgrounds.values()]))
     greys = {o: np.clip((b - lo) / (hi - lo), 0, 1) for o, b in backgrounds.items()}
-    outlines = {o: _slice(contour, o, center) for o in views} if contour is not None else {}
+    outlines = {o: view_slice(contour, o, center, affine) for o in views} if contour is not None else {}
     scale = _scale(np.shape(background), spacing, PANEL)
-    sizes = {o: _fitted_size(greys[o].shape, _pixel_spacing(o, spacing), scale) for o in views}
+    sizes = {o: _fitted_size(greys[o].shape, view_pixel_mm(o, spacing, affine), scale) for o in views}
     rows = list(maps.items()) or [("", None)]
 
     font, small = _font(14), _font(12)
@@ -210,7 +196,7 @@ def overview(path, background, maps: dict, center, title: str = "", contour=None
         if name:
             _put_text(canvas, (PAD + label_w // 2, y0 + PANEL // 2), name, font, vertical=True)
         for c, orient in enumerate(views):
-            overlay = None if volume is None else _slice(volume, orient, center)
+            overlay = None if volume is None else view_slice(volume, orient, center, affine)
             panel = _panel_image(_blend(greys[orient], overlay, outlines.get(orient)), sizes[orient])
             x0 = left + c * (PANEL + GAP)
             canvas.paste(panel, (x0 + (PANEL - panel.width) // 2, y0 + (PANEL - panel.height) // 2))
@@ -222,7 +208,7 @@ def overview(path, background, maps: dict, center, title: str = "", contour=None
 
 
 def layer_grid(path, background, maps: list, names: list[str], center, orientation: str = "axial",
-               spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> None:
+               spacing: Sequence[float] = (1.0, 1.0, 1.0), affine=None) -> None:
     """One panel per layer (the paper's Fig. 5): the same slice, each layer's Grad-CAM over the scan."""
     from PIL import Image
 
@@ -232,10 +218,10 @@ def layer_grid(path, background, maps: list, names: list[str], center, orientati
     n = len(maps)
     cols = max(1, min(6, n))
     rows = max(1, -(-n // cols))
-    grey = _slice(background, orientation, center).astype(np.float32)
+    grey = view_slice(background, orientation, center, affine).astype(np.float32)
     lo, hi = _window(grey)
     grey = np.clip((grey - lo) / (hi - lo), 0, 1)
-    pixel = _pixel_spacing(orientation, spacing)
+    pixel = view_pixel_mm(orientation, spacing, affine)
     size = _fitted_size(grey.shape, pixel, box / max(grey.shape[1] * pixel[0], grey.shape[0] * pixel[1]))
     font = _font(11)
     head_h = _text_size(font, "Ag")[1] + 6
@@ -244,7 +230,7 @@ def layer_grid(path, background, maps: list, names: list[str], center, orientati
     for k in range(n):
         x0, y0 = PAD + (k % cols) * cell_w, PAD + (k // cols) * cell_h
         _put_text(canvas, (x0 + box // 2, y0), f"{k + 1}. {names[k][-24:]}", font)
-        panel = _panel_image(_blend(grey, _slice(maps[k], orientation, center)), size)
+        panel = _panel_image(_blend(grey, view_slice(maps[k], orientation, center, affine)), size)
         canvas.paste(panel, (x0 + (box - panel.width) // 2, y0 + head_h + (box - panel.height) // 2))
     with atomic_path(path) as tmp:
         canvas.save(tmp, format="PNG", compress_level=PNG_COMPRESSION)

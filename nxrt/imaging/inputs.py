@@ -9,6 +9,7 @@ import numpy as np
 
 from ..errors import InputError
 from .cases import Case
+from .orientation import VIEW_WORLD_AXIS, view_axis
 from .preprocess import prepare
 
 
@@ -37,9 +38,6 @@ def model_channels(explainer) -> int | None:
     return c if isinstance(c, int) else None
 
 
-#: voxel axis of each slice orientation (NIfTI's RAS-like voxel order: x left-right, y
-#: posterior-anterior, z inferior-superior), as the overview figure shows them
-SLICE_AXES = {"sagittal": 0, "coronal": 1, "axial": 2}
 
 
 def choose_slab(case: Case, model_rank: int | None, spec: str | None) -> tuple[int, int] | None:
@@ -55,10 +53,11 @@ def choose_slab(case: Case, model_rank: int | None, spec: str | None) -> tuple[i
                              f"inputs and the case is {len(spatial)}D: drop --slice")
         return None
     orientation, _, index = (spec or "axial").partition(":")
-    if orientation not in SLICE_AXES:
+    if orientation not in VIEW_WORLD_AXIS:
         raise InputError(f"--slice '{spec}': the orientation must be axial, coronal or sagittal "
                          "(e.g. --slice axial:77)")
-    axis, n = SLICE_AXES[orientation], spatial[SLICE_AXES[orientation]]
+    axis = view_axis(orientation, case.affine)  # from the affine: whatever the file's voxel order
+    n = spatial[axis]
     if not index:
         return axis, _default_slice(case, axis)
     try:

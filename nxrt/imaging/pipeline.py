@@ -19,7 +19,8 @@ from ..errors import InputError
 from ..postprocess import channel_argmax, channel_magnitude, display_scale
 from . import figures
 from .cases import Case
-from .inputs import SLICE_AXES, RegionMask, centre_of_mass, model_channels, model_input, region_in_model_grid
+from .inputs import RegionMask, centre_of_mass, model_channels, model_input, region_in_model_grid
+from .orientation import view_of_axis
 from .preprocess import InImageGrid
 from .writer import save_json, save_nifti
 
@@ -155,7 +156,8 @@ def _explain_all(explainer, case, methods, x, geometry, stage, target, region, p
                "forward_pass": f"shared with {first[1]['method']}" if shared is not None else "separate",
                "methods": {}}
     if slab is not None:
-        summary["slice"] = {"orientation": next(o for o, a in SLICE_AXES.items() if a == slab[0]), "index": slab[1]}
+        summary["slice"] = {"orientation": view_of_axis(slab[0], case.affine), "voxel_axis": slab[0],
+                            "index": slab[1]}
     pred_mask = None  # model space, inside the image (see Geometry.inside)
     image_voxels = int(np.prod(case.spatial_shape))
     # the display map's percentile runs over what was explained: the image, or a 2D model's slice
@@ -242,9 +244,9 @@ def _explain_all(explainer, case, methods, x, geometry, stage, target, region, p
             center[slab[0]] = slab[1]
         bg = case.channels.index("flair") if "flair" in case.channels else 0
         contour = case.seg > 0 if case.seg is not None else pred_image
-        views = figures.ORIENTATIONS if slab is None else [o for o, a in SLICE_AXES.items() if a == slab[0]]
+        views = figures.ORIENTATIONS if slab is None else [view_of_axis(slab[0], case.affine)]
         figures.overview(stage / "overview.png", case.data[..., bg], maps, center, title=title, contour=contour,
-                         spacing=case.spacing, views=views)
+                         spacing=case.spacing, views=views, affine=case.affine)
 
     return summary, figure
 
