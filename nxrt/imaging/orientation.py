@@ -39,8 +39,9 @@ def view_of_axis(axis: int, affine) -> str:
 
 
 def view_slice(volume, view: str, center: Sequence[float], affine=None) -> np.ndarray:
-    """The 2D picture of `view` through voxel `center`: left-right across, superior (axial:
-    anterior) up, in the same anatomical directions whatever the voxel order. `volume` is any
+    """The 2D picture of `view` through voxel `center`, in the same anatomical directions whatever
+    the voxel order: superior up (axial: anterior up), and the patient's right on the picture's
+    right (sagittal: anterior on the right), i.e. the neurological convention. `volume` is any
     [X, Y, Z, ...] array or anything indexable like one."""
     ornt = voxel_axes(affine)
     a = view_axis(view, affine)
