@@ -180,9 +180,9 @@ def explain(model, cases, methods, targets, out, channels, region, layer, steps,
     from .imaging.pipeline import case_finished, explain_case
     from .registry import get_method
 
-    # canonical names (unknown methods fail here, before any work): `-m ig --steps 16` must reach
-    # integrated_gradients with its steps, and `-m ig -m integrated_gradients` is one method
-    methods = list(dict.fromkeys(get_method(m).name for m in methods)) or ["vanilla", "gradcam"]
+    methods = list(methods) or ["vanilla", "gradcam"]
+    for m in methods:
+        get_method(m)  # unknown methods fail before any work (explain_case resolves aliases)
     channel_files = _parse_channels(channels)
     if not cases and not channel_files:
         raise InputError("no CASE given; pass NIfTI files, BraTS case folders or --channel NAME=FILE pairs")
@@ -348,7 +348,7 @@ def layers(model, case, out, targets, orientation, slice_spec, overwrite):
     from .explainer import Explainer
     from .imaging import figures
     from .imaging.cases import load_case
-    from .imaging.inputs import model_input, model_spatial_rank
+    from .imaging.inputs import centre_of_mass, model_input, model_spatial_rank
     from .imaging.orientation import view_of_axis
     from .imaging.preprocess import to_image_channels_last
     from .postprocess import display_map
@@ -365,15 +365,16 @@ def layers(model, case, out, targets, orientation, slice_spec, overwrite):
     sweep = (lift(sweep) if lift else sweep)[0]
     names = ex.info["layers"]
     maps = to_image_channels_last(sweep, ex.layout, geometry)
-    maps = [display_map(maps[..., k:k + 1], channel_axis=-1) for k in range(len(names))]
-    tumour = c.seg > 0 if c.seg is not None else None
-    center = list(np.argwhere(tumour).mean(axis=0)) if tumour is not None and tumour.any() \
-        else [s / 2 for s in c.spatial_shape]
-    if slab is not None:  # a 2D model: the panels show the slice it explained
-        center[slab[0]] = slab[1]
-        orientation = view_of_axis(slab[0], c.affine)
     bg = c.channels.index("flair") if "flair" in c.channels else 0
-    figures.layer_grid(out, c.data[..., bg], maps, names, center, orientation, spacing=c.spacing, affine=c.affine)
+    background = c.data[..., bg]
+    ijk = centre_of_mass(c.seg > 0) if c.seg is not None else None
+    center = list(ijk) if ijk is not None else [s / 2 for s in c.spatial_shape]
+    if slab is not None:  # a 2D model: only its slice (whose 99th percentile clips the maps) is shown
+        keep = tuple(slice(slab[1], slab[1] + 1) if a == slab[0] else slice(None) for a in range(3))
+        maps, background, center[slab[0]] = maps[keep], background[keep], 0
+        orientation = view_of_axis(slab[0], c.affine)
+    maps = [display_map(maps[..., k:k + 1], channel_axis=-1) for k in range(len(names))]
+    figures.layer_grid(out, background, maps, names, center, orientation, spacing=c.spacing, affine=c.affine)
     click.echo(f"wrote {out} ({len(names)} layers)")
 
 

@@ -410,14 +410,7 @@ class Context:
     def forward(self, xs: np.ndarray) -> np.ndarray:
         """Scores [n, K] of a stack of inputs (forward passes only)."""
         sess = self._ex.forward_session(self.sample_shape, self._region_kind)
-        keep = self._keep_forward and xs is self._sample and self.forward_at_sample is None and \
-            self._ex.output_name in {o.name for o in sess.get_outputs()}
-        fetch = [SCORES, self._ex.output_name] if keep else [SCORES]
-        parts = [sess.run(fetch, self._feeds(sess, c, None)) for c in self._ex._chunks(xs.astype(np.float32))]
-        scores = np.concatenate([p[0] for p in parts], axis=0)
-        if keep:
-            self.forward_at_sample = (np.concatenate([p[1] for p in parts], axis=0), scores)
-        return scores
+        return self._evaluate(sess, [SCORES], xs, None)[0]
 
     def gradient(self, xs: np.ndarray, target, guided: bool = False) -> np.ndarray:
         """d (sum of the target scores) / d x for each of a stack of inputs."""
@@ -439,13 +432,14 @@ class Context:
         return {layer: (joined[2 * i], joined[2 * i + 1]) for i, layer in enumerate(layers)}
 
     def _evaluate(self, sess, names: list[str], xs: np.ndarray, target) -> list[np.ndarray]:
-        """`names` of a gradient session for a stack of inputs, run in chunks and joined. When xs is
-        the very sample being explained and the Explainer was asked to keep its forward pass, the
-        model's output and scores of this pass are kept too (`forward_at_sample`)."""
+        """`names` of a session for a stack of inputs, run in chunks and joined (target None: a
+        forward session, no seed). When xs is the very sample being explained and the Explainer was
+        asked to keep its forward pass, the model's output and scores of this pass are kept too
+        (`forward_at_sample`)."""
         keep = self._keep_forward and xs is self._sample and self.forward_at_sample is None and \
             self._ex.output_name in {o.name for o in sess.get_outputs()}
         fetch = names + [self._ex.output_name, SCORES] if keep else names
-        parts = [sess.run(fetch, self._feeds(sess, c, self.seed(c.shape[0], target)))
+        parts = [sess.run(fetch, self._feeds(sess, c, None if target is None else self.seed(c.shape[0], target)))
                  for c in self._ex._chunks(np.ascontiguousarray(xs, dtype=np.float32))]
         joined = [parts[0][i] if len(parts) == 1 else np.concatenate([p[i] for p in parts], axis=0)
                   for i in range(len(fetch))]
