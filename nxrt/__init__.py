@@ -11,23 +11,29 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time the names load on first use
     from .card import ModelCard
+    from .context import Context
     from .errors import InputError, ModelError, NxrtError
-    from .explainer import Context, Explainer, Model, load
+    from .explainer import Explainer, Model, load
+    from .explanation import Explanation
+    from .layout import Layout
+    from .params import Param
     from .passes import ScoreSpec, augment
-    from .registry import Method, methods
+    from .registry import Method, MethodResult, methods
 
 __version__ = "0.1.0"
 
 #: public name -> the module that defines it
 _EXPORTS = {
-    "Context": ".explainer", "Explainer": ".explainer", "Model": ".explainer", "load": ".explainer",
+    "Context": ".context", "Explainer": ".explainer", "Model": ".explainer", "load": ".explainer",
+    "Explanation": ".explanation", "Layout": ".layout", "Param": ".params",
     "InputError": ".errors", "ModelError": ".errors", "NxrtError": ".errors",
-    "Method": ".registry", "methods": ".registry",
+    "Method": ".registry", "MethodResult": ".registry", "methods": ".registry",
     "ModelCard": ".card",
     "ScoreSpec": ".passes", "augment": ".passes",
 }
-__all__ = ["Context", "Explainer", "InputError", "Method", "Model", "ModelCard", "ModelError", "NxrtError",
-           "ScoreSpec", "augment", "load", "methods"]  # = sorted(_EXPORTS) (a literal, for linters)
+__all__ = ["Context", "Explainer", "Explanation", "InputError", "Layout", "Method", "MethodResult", "Model",
+           "ModelCard", "ModelError", "NxrtError", "Param", "ScoreSpec", "augment", "load",
+           "methods"]  # = sorted(_EXPORTS) (a literal, for linters)
 
 
 def __getattr__(name: str):

@@ -25,7 +25,7 @@ import onnx
 from .graph import PROTOBUF_LIMIT, model_bytes, save_model
 
 #: bump when the augmentation output changes, so old entries are not reused
-FORMAT = 2  # 2: an intermediate `output=` tensor is a graph output
+FORMAT = 3  # 2: an intermediate `output=` tensor is a graph output; 3: keyed by the original model's hash
 
 
 def cache_dir() -> Path | None:
@@ -106,15 +106,17 @@ def store_entry(path: Path, model: onnx.ModelProto) -> None:
         os.replace(meta_tmp, path.with_suffix(".json"))
 
 
-def cached_entry(model: onnx.ModelProto, options: dict,
+def cached_entry(model_digest: str, options: dict,
                  build: Callable[[], onnx.ModelProto]) -> tuple[onnx.ModelProto, Path | None]:
     """The augmented model for (model, options) — from the disk cache, else built and stored — and
     the entry's file when the cache holds it: onnxruntime can then load the session from the file,
-    with no serialised copy of the model in this process's memory."""
+    with no serialised copy of the model in this process's memory. model_digest: `model_hash` of
+    the original model (options must then say everything that makes the result differ: sample
+    shape, score, layers, guided mode). `build` is called only when the entry must be built."""
     root = cache_dir()
     if root is None:
         return build(), None
-    path = root / f"{entry_key(model_hash(model), options)}.onnx"
+    path = root / f"{entry_key(model_digest, options)}.onnx"
     hit = load_entry(path)
     if hit is not None:
         return hit, path

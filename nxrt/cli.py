@@ -10,11 +10,12 @@ import sys
 from pathlib import Path
 
 import click
-import numpy as np
 
 from .errors import NxrtError
+from .layout import Layout
 
 EXIT_USER_ERROR = 2
+LAYOUTS = Layout.names()
 
 
 class NxrtGroup(click.Group):
@@ -57,7 +58,7 @@ def main(ctx: click.Context, debug: bool) -> None:
               help="Bake in the gradient of this class/channel (repeatable: summed); default: seed input.")
 @click.option("--task", type=click.Choice(["classification", "segmentation"]), default=None,
               help="Override the model card / inference.")
-@click.option("--layout", type=click.Choice(["channels_first", "channels_last"]), default=None)
+@click.option("--layout", type=click.Choice(LAYOUTS), default=None)
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
 def augment(model: Path, out: Path, layers, guided: bool, target, task, layout, overwrite: bool) -> None:
     """Write MODEL with gradient outputs added, in standard ONNX (runs on any ONNX runtime).
@@ -78,22 +79,6 @@ def augment(model: Path, out: Path, layers, guided: bool, target, task, layout, 
     save_model(result, out)
     outs = ", ".join(o.name for o in result.graph.output)
     click.echo(f"wrote {out} ({spec.task}, {spec.layout}); outputs: {outs}")
-
-
-METHOD_PARAMS = {  # CLI flag -> method parameter, passed to every method that has that parameter
-    "steps": "steps", "samples": "samples", "noise": "noise", "rule": "rule", "interpolation": "interpolation",
-    "layer": "layer", "baseline": "baseline", "kind": "kind", "seed": "seed",
-}
-
-
-def _method_params(methods, given: dict) -> dict:
-    from .registry import get_method
-
-    out = {}
-    for m in methods:
-        impl = get_method(m)
-        out[impl.name] = {k: v for k, v in given.items() if v is not None and k in impl.defaults}
-    return out
 
 
 def _parse_channels(pairs) -> dict[str, str]:
@@ -137,17 +122,20 @@ def _import_nibabel() -> None:
               help="Class / output channel (repeatable: scores summed); default: predicted class / all foreground.")
 @click.option("-o", "--output", "out", type=click.Path(file_okay=False, path_type=Path), default=Path("nxrt_out"),
               show_default=True)
+@click.option("-p", "--param", "assignments", multiple=True, metavar="METHOD.PARAM=VALUE",
+              help="Set any parameter of a chosen method, e.g. -p ig.steps=32 -p sg.kind=vargrad (repeatable; "
+                   "METHOD may be an alias; `nxrt methods` lists them).")
 @click.option("--channel", "channels", multiple=True, help="NAME=FILE for one modality (repeatable).")
 @click.option("--region", default=None,
               help="Segmentation score region: 'predicted' or a mask NIfTI on the case's voxel grid.")
-@click.option("--layer", default=None, help="Grad-CAM layer (ONNX tensor or node name).")
+@click.option("--layer", default=None, help="Grad-CAM layer (ONNX tensor or node name); = -p gradcam.layer=...")
 @click.option("--steps", type=int, default=None, help="IG / guided IG steps.")
 @click.option("--samples", type=int, default=None, help="SmoothGrad samples.")
 @click.option("--noise", type=float, default=None, help="SmoothGrad noise level (fraction of the value range).")
 @click.option("--rule", default=None, help="IG quadrature rule.")
 @click.option("--interpolation", type=click.Choice(["linear", "nearest"]), default=None)
 @click.option("--task", type=click.Choice(["classification", "segmentation"]), default=None)
-@click.option("--layout", type=click.Choice(["channels_first", "channels_last"]), default=None)
+@click.option("--layout", type=click.Choice(LAYOUTS), default=None)
 @click.option("--provider", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=None)
 @click.option("--slice", "slice_spec", default=None, metavar="ORIENTATION[:INDEX]",
@@ -155,7 +143,7 @@ def _import_nibabel() -> None:
                    "default axial through the tumour (or the brain's middle).")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
 @click.option("--resume", is_flag=True, help="Skip cases whose outputs are complete.")
-def explain(model, cases, methods, targets, out, channels, region, layer, steps, samples, noise, rule,
+def explain(model, cases, methods, targets, out, assignments, channels, region, layer, steps, samples, noise, rule,
             interpolation, task, layout, provider, batch_size, slice_spec, overwrite, resume):
     """Explain MODEL on each CASE and write maps that overlay the scan.
 
@@ -165,109 +153,42 @@ def explain(model, cases, methods, targets, out, channels, region, layer, steps,
     summary.json. Several cases: one model load, failures isolated, exit code = number of failed cases.
     """
     import threading
-    import time
-    from concurrent.futures import ThreadPoolExecutor
 
     # While onnx and the model load: nibabel (0.13 s to import) is imported and the first case's
     # files are read and inflated on helper threads
     threading.Thread(target=_import_nibabel, daemon=True).start()
-    from .imaging.cases import forget_prefetched, prefetch
+    from .imaging.cases import prefetch
 
     prefetch(cases[0] if cases else None)
-    from .errors import InputError, NxrtError
+    from . import region as regions
+    from .cohort import CaseRequest, run_cohort
+    from .errors import InputError
     from .explainer import Explainer
-    from .imaging.cases import load_case
-    from .imaging.pipeline import case_finished, explain_case
-    from .registry import get_method
+    from .registry import canonical, params_from_cli
 
-    methods = list(methods) or ["vanilla", "gradcam"]
-    for m in methods:
-        get_method(m)  # unknown methods fail before any work (explain_case resolves aliases)
+    methods = canonical(list(methods) or ["vanilla", "gradcam"])  # unknown methods fail before any work
+    params = params_from_cli(methods, {"steps": steps, "samples": samples, "noise": noise, "rule": rule,
+                                       "interpolation": interpolation, "layer": layer}, assignments)
     channel_files = _parse_channels(channels)
     if not cases and not channel_files:
         raise InputError("no CASE given; pass NIfTI files, BraTS case folders or --channel NAME=FILE pairs")
     _check_writable(out)
     ex = Explainer(model, task=task, layout=layout, providers=provider, batch_size=batch_size)
-    region_value = None
-    if region:
-        if region == "predicted":
-            region_value = "predicted"
-        else:
-            import nibabel as nib
-
-            from .imaging.inputs import RegionMask
-
-            if not Path(region).exists():
-                raise InputError(f"--region {region}: no such file; give 'predicted' or a mask NIfTI")
-            try:
-                img = nib.load(region)
-                region_value = RegionMask(np.asarray(img.dataobj), img.affine, f"--region {region}")
-            except Exception as exc:
-                raise InputError(f"--region {region}: cannot read it as NIfTI ({type(exc).__name__}); give 'predicted' "
-                                 "or a mask NIfTI on the case's grid") from None
-    params = _method_params(methods, {"steps": steps, "samples": samples, "noise": noise, "rule": rule,
-                                      "interpolation": interpolation, "layer": layer})
+    request = CaseRequest(methods, target=list(targets) or None, region=regions.from_cli(region), params=params,
+                          slice_spec=slice_spec, overwrite=overwrite, resume=resume,
+                          channel_files=channel_files or None)
     items = [("--channel", None)] if channel_files and not cases else [(c, c) for c in cases]
-    results, started = [], time.perf_counter()
-    single = len(items) == 1
-    # a cohort finishes each case (figure, last writes, rename) in the background while the next
-    # case is explained; at most two cases wait there, so memory stays bounded
-    finisher = None if single else ThreadPoolExecutor(1)
-    unfinished = []
+    show = len(items) > 1 or sys.stderr.isatty()  # one case into a pipe or a log: its error stays the only line
 
-    def settle(limit: int) -> None:
-        while len(unfinished) > limit:
-            index, name, future, t0 = unfinished.pop(0)
-            try:
-                future.result()
-                results[index] = (name, "ok", time.perf_counter() - t0)
-            except NxrtError as exc:
-                results[index] = (name, f"FAILED: {exc}", time.perf_counter() - t0)
+    def progress(k, n, name, method, left):
+        if show:
+            click.echo(f"[{k}/{n}] {name}: {method}" + (f", about {left:.0f} s left" if left else ""), err=True)
 
-    for k, (label, source) in enumerate(items, 1):
-        t0 = time.perf_counter()
-
-        def progress(method, k=k, label=label):
-            if single and not sys.stderr.isatty():
-                return  # one case into a pipe or a log: its error (if any) stays the only stderr line
-            elapsed = time.perf_counter() - started
-            left = elapsed / max(k - 1, 1) * (len(items) - k + 1) if k > 1 else None
-            eta = f", about {left:.0f} s left" if left else ""
-            click.echo(f"[{k}/{len(items)}] {Path(str(label)).name}: {method}{eta}", err=True)
-
-        try:
-            t_load = time.perf_counter()
-            try:
-                case = load_case(source, channels=ex.card.channels, channel_files=channel_files or None)
-            finally:
-                forget_prefetched()
-            load_seconds = time.perf_counter() - t_load
-            case_dir = out / case.name
-            if resume and case_finished(case_dir):
-                results.append((case.name, "skipped (finished)", 0.0))
-                continue
-            done = explain_case(ex, case, methods, out, target=list(targets) or None, region=region_value,
-                                params=params, overwrite=overwrite or (resume and case_dir.exists()),
-                                progress=progress, finish_in=finisher, load_seconds=load_seconds,
-                                slice_spec=slice_spec)
-            results.append((case.name, "ok", time.perf_counter() - t0))
-            if finisher is not None:
-                unfinished.append((len(results) - 1, case.name, done, t0))
-                settle(2)
-        except NxrtError as exc:
-            if single:
-                raise
-            results.append((Path(str(label)).name, f"FAILED: {exc}", time.perf_counter() - t0))
-    settle(0)
-    if finisher is not None:
-        finisher.shutdown()
-    failed = [r for r in results if r[1].startswith("FAILED")]
-    width = max(len(r[0]) for r in results)
-    for name, status, seconds in results:
-        click.echo(f"{name:<{width}}  {status}" + (f"  ({seconds:.1f} s)" if status == "ok" else ""))
-    click.echo(f"{len(results) - len(failed)} of {len(results)} case(s) done; outputs in {out}/")
-    if failed:
-        sys.exit(min(len(failed), 100))
+    report = run_cohort(ex, items, out, request, progress=progress)
+    for line in report.lines():
+        click.echo(line)
+    if report.exit_code:
+        sys.exit(report.exit_code)
 
 
 @main.command()
@@ -304,10 +225,8 @@ def card(model: Path, assignments) -> None:
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
 def inspect(model: Path) -> None:
     """Print MODEL's inputs, outputs, card, op coverage and candidate Grad-CAM layers."""
-    from collections import Counter
-
-    from .autodiff import RULES, ZERO_GRAD_OPS
     from .explainer import load
+    from .ops import coverage
 
     m = load(model)
     g = m.proto.graph
@@ -321,12 +240,10 @@ def inspect(model: Path) -> None:
                 click.echo(f"{label[:-1]:7s} {v.name} {list(shape) if shape else '?'}")
     props = m.card.to_props()
     click.echo("card:   " + (", ".join(f"{k}={v}" for k, v in props.items()) or "none"))
-    ops = Counter(n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}.{n.op_type}" for n in g.node)
-    ok = sorted(o for o in ops if o in RULES or o in ZERO_GRAD_OPS)
-    bad = sorted(o for o in ops if o not in RULES and o not in ZERO_GRAD_OPS)
-    click.echo("differentiable ops: " + ", ".join(f"{o} x{ops[o]}" for o in ok))
-    click.echo("ops without a rule: " + (", ".join(f"{o} x{ops[o]}" for o in bad) or "none") +
-               (" (fine unless they lie on the gradient path)" if bad else ""))
+    cover = coverage(m.proto)
+    click.echo("differentiable ops: " + ", ".join(f"{o} x{n}" for o, n in cover.differentiable.items()))
+    click.echo("ops without a rule: " + (", ".join(f"{o} x{n}" for o, n in cover.without_rule.items()) or "none") +
+               (" (fine unless they lie on the gradient path)" if cover.without_rule else ""))
     layers = m.conv_layers()
     click.echo(f"Grad-CAM layers ({len(layers)}; default the last): " + ", ".join(layers[-6:]) +
                (f" (+{len(layers) - 6} earlier)" if len(layers) > 6 else ""))
@@ -361,9 +278,9 @@ def layers(model, case, out, targets, orientation, slice_spec, overwrite):
     if slice_spec is None and model_spatial_rank(ex) == 2 and len(c.spatial_shape) == 3:
         slice_spec = orientation  # a 2D model: --orientation picks the slice's orientation
     x, geometry, slab, lift = model_input(ex, c, slice_spec)
-    sweep = ex.explain(x, "layer_sweep", target=list(targets) or None)
-    sweep = (lift(sweep) if lift else sweep)[0]
-    names = ex.info["layers"]
+    explanation = ex.explain(x, "layer_sweep", target=list(targets) or None)
+    sweep = (lift(explanation.attribution) if lift else explanation.attribution)[0]
+    names = explanation.extras["layers"]
     maps = to_image_channels_last(sweep, ex.layout, geometry)
     bg = c.channels.index("flair") if "flair" in c.channels else 0
     background = c.data[..., bg]
@@ -392,7 +309,8 @@ def demo(out: Path, overwrite: bool) -> None:
 
 @main.command("methods")
 def list_methods() -> None:
-    """List the registered explanation methods (built-ins and installed plugins)."""
+    """List the registered explanation methods (built-ins and installed plugins) and their parameters
+    with their defaults (set any of them with `nxrt explain -p METHOD.PARAM=VALUE`)."""
     from .registry import method_classes
 
     classes = method_classes()
@@ -401,6 +319,9 @@ def list_methods() -> None:
         cls = classes[name]
         alias = f" ({', '.join(cls.aliases)})" if cls.aliases else ""
         click.echo(f"{name:<{width}}  {cls.summary}{alias}")
+        for p in cls.parameters:
+            default = "none" if p.default is None else p.default
+            click.echo(f"{'':<{width}}    -p {name}.{p.name}={default}  ({p.describe()})")
 
 
 @main.command()

@@ -1,4 +1,6 @@
-"""onnxruntime sessions: provider choice, session options, and running the augmented graph."""
+"""onnxruntime sessions: provider choice, session options, running the augmented graph, the
+automatic batch size, and the session pool (one session per model digest and pass options, its
+batch size decided once) with the one chunking rule every evaluation uses (`batches`)."""
 
 from __future__ import annotations
 
@@ -9,8 +11,11 @@ import os
 import platform
 import sys
 import tempfile
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -156,6 +161,11 @@ class Session:
     def __getattr__(self, name):
         return getattr(self._session, name)
 
+    @property
+    def resident_feeds(self) -> int:
+        """How many small constant feeds (score seeds) are kept on the device now."""
+        return len(self._resident)
+
     def run(self, output_names, feeds, run_options=None):
         with flush_subnormals():
             if self.device is None:
@@ -269,7 +279,8 @@ def available_memory() -> int:
         pass
     for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
         try:
-            text = open(path).read().strip()
+            with open(path) as f:
+                text = f.read().strip()
             if text.isdigit():
                 limit = int(text)
                 avail = min(avail, limit) if avail else limit
@@ -286,6 +297,7 @@ def activation_bytes_per_sample(model: onnx.ModelProto) -> int:
     (onnxruntime reuses them). So: saved forward tensors + 3 x the largest tensor. Measured on a
     DynUNet gradient at 128^3 this is within ~1.5x of the real peak RSS increase per sample.
     """
+    from .autodiff.grad import NODE_PREFIX
     from .graph import GraphInfo
 
     info = GraphInfo.of(model)
@@ -303,8 +315,8 @@ def activation_bytes_per_sample(model: onnx.ModelProto) -> int:
         return 1
     saved = set()
     for node in model.graph.node:
-        if node.name.startswith("nxrt_grad"):
-            saved.update(i for i in node.input if i in sizes and not i.startswith("nxrt_grad"))
+        if node.name.startswith(NODE_PREFIX):
+            saved.update(i for i in node.input if i in sizes and not i.startswith(NODE_PREFIX))
     return max(1, sum(sizes[t] for t in saved) + 3 * max(sizes.values()))
 
 
@@ -324,3 +336,93 @@ def auto_batch_size(model: onnx.ModelProto, budget: int | None = None, cap: int 
                          f"but only {budget / 2**30:.1f} GiB are available; use a smaller input (crop) or a "
                          "machine with more memory")
     return int(max(1, min(cap, budget // per_sample)))
+
+
+# --------------------------------------------------------------------------- the session pool
+
+
+@dataclass(frozen=True)
+class Built:
+    """What a pool's build function returns: the graph (a ModelProto, or the cache file holding
+    it, which onnxruntime then reads itself) and the batch size estimated from that graph."""
+
+    graph: onnx.ModelProto | Path
+    batch_size: int
+
+
+@dataclass(frozen=True)
+class PooledSession:
+    """A session of the pool, with the batch size decided once, when it was built."""
+
+    session: Session
+    batch_size: int
+    inputs: frozenset[str]
+    outputs: frozenset[str]
+    layers: tuple[str, ...] = ()
+
+    def run(self, names: Sequence[str], feeds: dict) -> list[np.ndarray]:
+        return self.session.run(list(names), {k: v for k, v in feeds.items() if k in self.inputs})
+
+
+def batches(count: int, size: int) -> Iterator[slice]:
+    """Consecutive slices of at most `size` of range(count): the one chunking rule of nxrt (every
+    method's steps, samples and patches, and every session run, go through it)."""
+    size = max(1, int(size))
+    for start in range(0, count, size):
+        yield slice(start, min(start + size, count))
+
+
+class SessionPool:
+    """onnxruntime sessions keyed by (model digest, pass options), each built once.
+
+    `get(digest, options, build)` returns the pooled session for those options, building it on
+    first use; `build()` returns a `Built`. The batch size is decided then, once per session: the
+    pool's explicit `batch_size` when given, else the estimate `build` made from its graph.
+
+    Layer sessions grow: options carrying "layers" are served by any session of the same other
+    options whose layers include them; otherwise one session with every layer asked for so far is
+    built and the smaller ones are dropped (they hold memory), so a layer sweep builds one session.
+    """
+
+    def __init__(self, providers=None, threads: int | None = None, batch_size: int | None = None):
+        self.providers = resolve_providers(providers)
+        self.threads = threads
+        self.batch_size = batch_size
+        self._sessions: dict[tuple, PooledSession] = {}
+        self._layers_seen: dict[tuple, list[str]] = {}
+        self._stats = {"sessions_built": 0, "build_seconds": 0.0}
+
+    def get(self, digest: str, options: dict, build: Callable[[dict], Built]) -> PooledSession:
+        """The session for (digest, options); build(options) makes its graph when it is new (the
+        options it is given may carry more layers than asked for, see the class docstring)."""
+        layers = tuple(options.get("layers", ()))
+        base = (digest, _frozen({k: v for k, v in options.items() if k != "layers"}))
+        for (b, have), pooled in self._sessions.items():
+            if b == base and set(layers) <= set(have):
+                return pooled
+        seen = self._layers_seen.setdefault(base, [])
+        seen.extend(t for t in layers if t not in seen)
+        want = tuple(seen) if layers else ()
+        t0 = time.perf_counter()
+        built = build({**options, "layers": list(want)} if layers else dict(options))
+        session = make_session(built.graph, self.providers, self.threads, static_shapes=True)
+        pooled = PooledSession(session, self.batch_size or built.batch_size,
+                               frozenset(i.name for i in session.get_inputs()),
+                               frozenset(o.name for o in session.get_outputs()), want)
+        for key in [k for k in self._sessions if k[0] == base and set(k[1]) <= set(want)]:
+            del self._sessions[key]
+        self._sessions[(base, want)] = pooled
+        self._stats["sessions_built"] += 1
+        self._stats["build_seconds"] += time.perf_counter() - t0
+        return pooled
+
+    def stats(self) -> dict:
+        """{"sessions": held now, "sessions_built": in total, "build_seconds": graphs + sessions}."""
+        return {"sessions": len(self._sessions), **self._stats}
+
+    def clear(self) -> None:
+        self._sessions.clear()
+
+
+def _frozen(options: dict) -> tuple:
+    return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in options.items()))

@@ -19,15 +19,25 @@ from onnx import TensorProto, helper
 from .autodiff import add_gradients
 from .card import ModelCard
 from .errors import InputError, ModelError
-from .graph import Builder, GraphInfo, convert_opset, finish_model, fold_constants, infer_shapes_inplace, load_model
+from .graph import (
+    Builder,
+    GraphInfo,
+    convert_opset,
+    finish_model,
+    fold_constants,
+    infer_shapes_inplace,
+    load_model,
+    weight_free,
+)
+from .layout import Layout
+from .ops import CONV_OPS, PROBABILITY_OPS
+from .region import FEED as REGION
+from .region import MASK, PREDICTED
 
 SEED = "nxrt_seed"
 SCORES = "nxrt_scores"
-REGION = "nxrt_region"
 GRAD_PREFIX = "nxrt_grad__"
 INPUT_ALIAS = "input"
-#: how many augmented models this process has built (the cache tests count pass invocations)
-BUILDS = 0
 
 
 def grad_name(tensor: str) -> str:
@@ -45,13 +55,16 @@ class ScoreSpec:
     """
 
     task: str = "classification"
-    layout: str = "channels_first"
+    layout: Layout = Layout.CHANNELS_FIRST
     output: str | None = None
     logits: bool = False
     region: str | None = None
 
+    def __post_init__(self):
+        object.__setattr__(self, "layout", Layout.of(self.layout))
+
     def key(self) -> tuple:
-        return (self.task, self.layout, self.output, self.logits, self.region)
+        return (self.task, self.layout.value, self.output, self.logits, self.region)
 
 
 def resolve_tensor(model: onnx.ModelProto, name: str) -> str:
@@ -63,7 +76,7 @@ def resolve_tensor(model: onnx.ModelProto, name: str) -> str:
     for node in g.node:
         if node.name == name:
             return node.output[0]
-    convs = [n.output[0] for n in g.node if n.op_type in ("Conv", "ConvTranspose")]
+    convs = [n.output[0] for n in g.node if n.op_type in CONV_OPS]
     hint = ", ".join(convs[-8:]) if convs else "none"
     raise InputError(f"layer '{name}' is neither a tensor nor a node of the model; Conv outputs "
                      f"include: {hint} (see `nxrt inspect`)")
@@ -100,9 +113,9 @@ def _score_head(model: onnx.ModelProto, spec: ScoreSpec) -> str:
     info = GraphInfo.of(model)  # the head only adds nodes after `out`: one inference serves
     if spec.logits:
         producer = next((n for n in g.node if out in n.output), None)
-        if producer is None or producer.op_type not in ("Softmax", "Sigmoid", "LogSoftmax"):
-            raise InputError(f"score='logits': output '{out}' is not produced by Softmax/Sigmoid, so it "
-                             "already is the logits; drop the option")
+        if producer is None or producer.op_type not in PROBABILITY_OPS:
+            raise InputError(f"score='logits': output '{out}' is not produced by {'/'.join(PROBABILITY_OPS)}, so "
+                             "it already is the logits; drop the option")
         out = producer.input[0]
     if spec.task == "classification":
         rank = info.rank(out)
@@ -115,12 +128,12 @@ def _score_head(model: onnx.ModelProto, spec: ScoreSpec) -> str:
         if rank is None or rank < 3:
             raise InputError(f"task=segmentation needs an output with spatial axes; '{out}' has rank {rank}. "
                              "Use task=classification")
-        ch = 1 if spec.layout == "channels_first" else rank - 1
-        spatial = [a for a in range(1, rank) if a != ch]
+        ch = spec.layout.channel_axis(rank)
+        spatial = list(spec.layout.spatial_axes(rank))
         if spec.region is None:
             scores = b.reduce("ReduceMean", out, spatial, keepdims=False)
         else:
-            if spec.region == "predicted":
+            if spec.region == PREDICTED:
                 # one-hot of the argmax: an integer path, so it carries no gradient (mask held constant)
                 arg = b.op("ArgMax", out, axis=ch, keepdims=1)
                 depth = info.shape(out)[ch]
@@ -128,7 +141,7 @@ def _score_head(model: onnx.ModelProto, spec: ScoreSpec) -> str:
                 shape[ch] = depth
                 classes = b.const(np.arange(depth).reshape(shape), np.int64, "classes")
                 region = b.op("Cast", b.op("Equal", arg, classes), to=TensorProto.FLOAT)
-            elif spec.region == "mask":
+            elif spec.region == MASK:
                 region = REGION
                 g.input.append(helper.make_tensor_value_info(REGION, TensorProto.FLOAT, [None] * rank))
             else:
@@ -170,14 +183,7 @@ def augment(model: str | os.PathLike | onnx.ModelProto, wrt: Sequence[str] = (IN
     classification when the card is silent and the output has rank 2, else segmentation.
     The result passes onnx.checker (full check) and runs on onnxruntime's CPU provider.
     """
-    global BUILDS
-    BUILDS += 1
-    proto = load_model(model)
-    work = onnx.ModelProto()
-    work.CopyFrom(proto)
-    work = convert_opset(work)
-    del work.graph.value_info[:]
-    work = fold_constants(work)
+    work = prepare(model)
     if score is None:
         score = default_score_spec(work)
     wrt_names = _resolve_wrt(work, wrt)
@@ -221,19 +227,57 @@ def augment(model: str | os.PathLike | onnx.ModelProto, wrt: Sequence[str] = (IN
     return work
 
 
-def score_model(model: str | os.PathLike | onnx.ModelProto, score: ScoreSpec) -> onnx.ModelProto:
-    """The model plus its score head and the `nxrt_scores` output, without any gradient: what
-    forward-only work (predictions, occlusion, IG completeness checks) runs on."""
+def prepare(model: str | os.PathLike | onnx.ModelProto, fold: bool = True) -> onnx.ModelProto:
+    """The preparation every augmented or scored model starts from, so that forward and gradient
+    sessions run the same graph: a private copy, brought to opset >= 17, stale value_info dropped,
+    and (fold=True) the exporters' run-time shape arithmetic folded into constants."""
     work = onnx.ModelProto()
     work.CopyFrom(load_model(model))
     work = convert_opset(work)
     del work.graph.value_info[:]
+    return fold_constants(work) if fold else work
+
+
+def score_model(model: str | os.PathLike | onnx.ModelProto, score: ScoreSpec, fold: bool = True) -> onnx.ModelProto:
+    """The model plus its score head and the `nxrt_scores` output, without any gradient: what
+    forward-only work (predictions, occlusion, IG completeness checks) runs on. fold=False skips
+    constant folding (for shape questions on a weight-free skeleton, where it has nothing to do)."""
+    work = prepare(model, fold=fold)
     scores = _score_head(work, score)
     exposed = _expose_explained(work, score)
     if scores != SCORES:
         _name_output(work, scores, SCORES)
     work.graph.output.append(helper.make_tensor_value_info(SCORES, TensorProto.UNDEFINED, None))
     return _finalise(work, exposed + [SCORES])
+
+
+def fix_input_shape(model: onnx.ModelProto, input_name: str, sample_shape: Sequence[int],
+                    weights: bool = True) -> onnx.ModelProto:
+    """A copy of the model with its input's non-batch dims fixed to one sample's shape (static
+    shapes let every rule and onnxruntime's planner work); the batch axis becomes symbolic "N".
+    A model exported for a static batch of 1 also gets its batch-1 Reshapes freed
+    (`free_batch_reshapes`). weights=False: the weight-free skeleton (graph.weight_free), for
+    shape questions only."""
+    if weights:
+        proto = onnx.ModelProto()
+        proto.CopyFrom(model)
+    else:
+        proto = weight_free(model)
+    vi = next(i for i in proto.graph.input if i.name == input_name)
+    dims = vi.type.tensor_type.shape.dim
+    if not dims:
+        return proto
+    exported_for_one = dims[0].HasField("dim_value") and dims[0].dim_value == 1
+    dims[0].Clear()
+    dims[0].dim_param = "N"
+    for d, n in zip(dims[1:], sample_shape, strict=True):
+        d.Clear()
+        d.dim_value = int(n)
+    for out in proto.graph.output:  # declared output shapes are re-inferred from the fixed input
+        out.type.tensor_type.ClearField("shape")
+    if exported_for_one:  # a static batch of 1 may be baked into Reshapes too
+        free_batch_reshapes(proto, "N")
+    return proto
 
 
 def free_batch_reshapes(model: onnx.ModelProto, batch: str) -> int:
@@ -281,8 +325,6 @@ def check_model(model: onnx.ModelProto) -> None:
     """onnx.checker with full check (shape inference included), on the model's weight-free
     skeleton: the same graph, types and shapes, without serialising every weight once more
     (a ResNet50's augmented model is 200 MB) — and so at any model size."""
-    from .graph import weight_free
-
     try:
         onnx.checker.check_model(weight_free(model), full_check=True)
     except onnx.checker.ValidationError as exc:
@@ -305,12 +347,11 @@ def default_score_spec(model: onnx.ModelProto, task: str | None = None, layout: 
         if task is None:
             raise ModelError(f"cannot tell the task from output '{out}' (unknown rank); pass "
                              "task='classification' or 'segmentation' (CLI: --task)")
-    if layout is None:
-        layout = infer_layout(model, info)
+    layout = Layout.of(layout) if layout is not None else infer_layout(model, info)
     return ScoreSpec(task=task, layout=layout, **kw)
 
 
-def infer_layout(model: onnx.ModelProto, info: GraphInfo | None = None) -> str:
+def infer_layout(model: onnx.ModelProto, info: GraphInfo | None = None) -> Layout:
     """channels_first or channels_last, from how the first input is used and its shape.
 
     tf2onnx puts NHWC/NDHWC inputs behind a Transpose to NCHW: that Transpose is the tell.
@@ -326,14 +367,14 @@ def infer_layout(model: onnx.ModelProto, info: GraphInfo | None = None) -> str:
         if node.op_type == "Transpose" and node.input[0] == x:
             perm = list(onnx.helper.get_attribute_value(node.attribute[0])) if node.attribute else []
             if perm == [0, rank - 1] + list(range(1, rank - 1)):
-                return "channels_last"
+                return Layout.CHANNELS_LAST
     shape = info.shape(x)
     if shape and rank >= 3:
         first, last = shape[1], shape[-1]
         if isinstance(first, int) and isinstance(last, int):
-            return "channels_first" if first <= last else "channels_last"
+            return Layout.CHANNELS_FIRST if first <= last else Layout.CHANNELS_LAST
         if isinstance(first, int):
-            return "channels_first"
+            return Layout.CHANNELS_FIRST
         if isinstance(last, int):
-            return "channels_last"
-    return "channels_first"
+            return Layout.CHANNELS_LAST
+    return Layout.CHANNELS_FIRST

@@ -5,14 +5,13 @@ from __future__ import annotations
 import numpy as np
 
 from nxrt.errors import InputError
-from nxrt.registry import Method
+from nxrt.params import Param
+from nxrt.registry import Method, MethodResult
 
 INTERPOLATIONS = ("linear", "nearest")
-
-
-def _check_interpolation(mode: str) -> None:
-    if mode not in INTERPOLATIONS:
-        raise InputError(f"interpolation '{mode}' is not one of {', '.join(INTERPOLATIONS)}")
+LAYER = Param("layer", str, None, "ONNX tensor or node name (default: the last Conv output)")
+INTERPOLATION = Param("interpolation", str, "linear", "how the map is resampled to the input grid",
+                      choices=INTERPOLATIONS)
 
 
 def _channels_first(ctx, tensor: str, *arrays):
@@ -28,19 +27,17 @@ def gradcam_map(acts: np.ndarray, grads: np.ndarray) -> np.ndarray:
 class _LayerCAM(Method):
     """Shared by the CAM methods: ReLU(sum_k w_k A_k) at one layer, resampled to the input grid."""
 
-    defaults = {"layer": None, "interpolation": "linear"}
+    parameters = (LAYER, INTERPOLATION)
 
     @staticmethod
     def channel_weights(acts: np.ndarray, grads: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def explain(self, ctx, x, target, layer, interpolation):
-        _check_interpolation(interpolation)
         tensor = ctx.resolve_layer(layer)
         acts, grads = _channels_first(ctx, tensor, *ctx.layer_gradient(x, target, tensor))
         cam = np.maximum((self.channel_weights(acts, grads) * acts).sum(axis=1, keepdims=True), 0.0)
-        ctx.info["layer"] = tensor
-        return ctx.to_input_grid(cam.astype(np.float32), 1, interpolation)
+        return MethodResult(ctx.to_input_grid(cam.astype(np.float32), 1, interpolation), {"layer": tensor})
 
 
 class GradCAM(_LayerCAM):
@@ -70,11 +67,11 @@ class GuidedGradCAM(Method):
     name = "guided_gradcam"
     aliases = ("ggcam", "guided_grad_cam")
     summary = "guided backprop detail restricted to the Grad-CAM region"
-    defaults = {"layer": None, "interpolation": "linear"}
+    parameters = (LAYER, INTERPOLATION)
 
     def explain(self, ctx, x, target, layer, interpolation):
         cam = GradCAM().explain(ctx, x, target, layer, interpolation)
-        return ctx.gradient(x, target, guided=True) * cam
+        return MethodResult(ctx.gradient(x, target, guided=True) * cam.attribution, cam.extras)
 
 
 class GradCAMPlusPlus(_LayerCAM):
@@ -101,17 +98,16 @@ class LayerSweep(Method):
     """Grad-CAM at every Conv output (the NeuroXAI network-inspection experiment, paper Fig. 5).
 
     Returns one map per layer in place of the channel axis ([1, L, *spatial] for channels-first
-    models, [1, *spatial, L] for channels-last); the layer names are in `Explainer.info['layers']`.
+    models, [1, *spatial, L] for channels-last); the layer names are in `Explanation.extras['layers']`.
     All layers come from one session call.
     """
 
     name = "layer_sweep"
     aliases = ("sweep", "layers")
     summary = "Grad-CAM at every convolution layer, to see how information flows through the network"
-    defaults = {"interpolation": "linear", "layers": None}
+    parameters = (INTERPOLATION, Param("layers", "strs", None, "tensor or node names (default: every Conv output)"))
 
     def explain(self, ctx, x, target, interpolation, layers):
-        _check_interpolation(interpolation)
         names = [ctx.resolve_layer(n) for n in layers] if layers else ctx.layers()
         if not names:
             raise InputError("the model has no Conv layer to sweep; give layers=[...]")
@@ -120,9 +116,8 @@ class LayerSweep(Method):
         for name in names:
             acts, grads = _channels_first(ctx, name, *found[name])
             maps.append(ctx.to_input_grid(gradcam_map(acts, grads).astype(np.float32), 1, interpolation))
-        ctx.info["layers"] = names
-        axis = 1 if ctx.layout == "channels_first" else -1
-        return np.concatenate(maps, axis=axis)
+        axis = ctx.layout.channel_axis(x.ndim)
+        return MethodResult(np.concatenate(maps, axis=axis), {"layers": names})
 
 
 class ActivationMaps(Method):
@@ -135,17 +130,16 @@ class ActivationMaps(Method):
     name = "activation_maps"
     aliases = ("activations", "filters")
     summary = "per-filter activation maps of one layer"
-    defaults = {"layer": None, "filters": None, "interpolation": "linear"}
+    parameters = (LAYER, Param("filters", "ints", None, "channel indices (default: all)", minimum=0),
+                  INTERPOLATION)
 
     def explain(self, ctx, x, target, layer, filters, interpolation):
-        _check_interpolation(interpolation)
         tensor = ctx.resolve_layer(layer)
         (acts,) = _channels_first(ctx, tensor, ctx.layer_gradient(x, target, tensor)[0])
         if filters is not None:
-            idx = [int(f) for f in filters]
+            idx = [filters] if np.isscalar(filters) else list(filters)
             if any(not 0 <= f < acts.shape[1] for f in idx):
                 n = acts.shape[1]
                 raise InputError(f"filters {idx}: layer '{tensor}' has {n} filters (0..{n - 1})")
             acts = acts[:, idx]
-        ctx.info["layer"] = tensor
-        return ctx.to_input_grid(acts.astype(np.float32), 1, interpolation)
+        return MethodResult(ctx.to_input_grid(acts.astype(np.float32), 1, interpolation), {"layer": tensor})

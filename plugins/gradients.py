@@ -13,7 +13,6 @@ class VanillaGradient(Method):
     name = "vanilla"
     aliases = ("vg", "saliency", "gradient")
     summary = "gradient of the score with respect to every input voxel (signed)"
-    defaults: dict = {}
 
     def explain(self, ctx, x, target):
         return ctx.gradient(x, target)
@@ -26,7 +25,6 @@ class GuidedBackprop(Method):
     name = "guided_backprop"
     aliases = ("gbp", "guided")
     summary = "gradient with negative signals cut at every ReLU (sharper, class-insensitive detail)"
-    defaults: dict = {}
 
     def explain(self, ctx, x, target):
         return ctx.gradient(x, target, guided=True)
@@ -38,7 +36,6 @@ class GradientXInput(Method):
     name = "gradient_x_input"
     aliases = ("gxi", "input_x_gradient")
     summary = "input times gradient: first-order contribution of each voxel to the score"
-    defaults: dict = {}
 
     def explain(self, ctx, x, target):
         return np.asarray(x, np.float32) * ctx.gradient(x, target)

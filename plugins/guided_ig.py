@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from nxrt.errors import InputError
+from nxrt.params import Param
 from nxrt.registry import Method
 
 #: relative and absolute tolerance on "the L1 distance left equals this step's target"
@@ -25,16 +26,6 @@ def _baseline_like(baseline, x: np.ndarray) -> np.ndarray:
         raise InputError(f"baseline of shape {b.shape} does not broadcast to the input {x.shape}") from None
 
 
-def _check(steps, fraction, max_dist) -> tuple[int, float, float]:
-    if isinstance(steps, bool) or not isinstance(steps, int | np.integer) or steps < 1:
-        raise InputError(f"steps must be a positive integer, got {steps!r}")
-    if not 0.0 <= float(fraction) <= 1.0:
-        raise InputError(f"fraction must lie in [0, 1] (share of features moved per sub-step), got {fraction!r}")
-    if not 0.0 <= float(max_dist) <= 1.0:
-        raise InputError(f"max_dist must lie in [0, 1] (0: straight-line IG, 1: unbounded path), got {max_dist!r}")
-    return int(steps), float(fraction), float(max_dist)
-
-
 class GuidedIG(Method):
     """Guided IG (Kapishnikov et al., CVPR 2021) attributes the score to the input by summing gradient x
     displacement along an adaptive path from the baseline to x rather than the straight line: each of `steps`
@@ -53,11 +44,16 @@ class GuidedIG(Method):
     name = "guided_ig"
     aliases = ("gig",)
     summary = "integrated gradients along an adaptive path that moves low-gradient features first (less noise)"
-    defaults = {"steps": 200, "fraction": 0.25, "max_dist": 0.02, "baseline": 0.0}
+    parameters = (
+        Param("steps", int, 200, "steps along the path (sequential: one gradient each)", minimum=1),
+        Param("fraction", float, 0.25, "share of features moved per sub-step", minimum=0, maximum=1),
+        Param("max_dist", float, 0.02, "corridor around the straight line (0: IG, 1: unbounded)", minimum=0,
+              maximum=1),
+        Param("baseline", "array", 0.0, "the path's start: a number or an array shaped like x or one sample"),
+    )
 
     def explain(self, ctx, x: np.ndarray, target, steps: int, fraction: float, max_dist: float,
                 baseline) -> np.ndarray:
-        steps, fraction, max_dist = _check(steps, fraction, max_dist)
         # The path bookkeeping runs in float64: "has this feature reached its ceiling" is an exact equality
         # test and the L1 schedule is compared with a 1e-9 tolerance, both too tight for float32.
         end = np.asarray(x, dtype=np.float64)

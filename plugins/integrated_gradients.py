@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from nxrt.errors import InputError
-from nxrt.registry import Method
+from nxrt.params import Param
+from nxrt.registry import Method, MethodResult
 
 RULES = ("gausslegendre", "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid")
 
@@ -46,24 +47,36 @@ class IntegratedGradients(Method):
     """(x - x') * integral of d score / d x along the straight path from the baseline x' to x.
 
     Path points are evaluated in chunks of the batch size. Completeness: the attributions sum to
-    F(x) - F(x') up to the quadrature error. Reference: Captum IntegratedGradients (same rule/steps).
+    F(x) - F(x') up to the quadrature error; `delta=True` also reports that error per sample,
+    sum(attribution) - (F(x) - F(x')), in `Explanation.extras["delta"]` (Captum's convergence delta;
+    it costs one forward pass at x and x'). Reference: Captum IntegratedGradients (same rule/steps).
     """
 
     name = "integrated_gradients"
     aliases = ("ig",)
     summary = "path integral of gradients from a baseline (0 = black) to the input; sums to the score change"
-    defaults = {"steps": 50, "rule": "gausslegendre", "baseline": 0.0}
+    parameters = (
+        Param("steps", int, 50, "points on the path (riemann rules: at least 2)", minimum=1),
+        Param("rule", str, "gausslegendre", "quadrature rule", choices=RULES),
+        Param("baseline", "array", 0.0, "the path's start x': a number or an array shaped like x or one sample"),
+        Param("delta", bool, False, "also report the completeness error (one more forward pass)"),
+    )
 
-    def explain(self, ctx, x, target, steps, rule, baseline):
+    def explain(self, ctx, x, target, steps, rule, baseline, delta):
         alphas, weights = quadrature(rule, steps)
         base = as_baseline(baseline, x)
-        delta = x - base
+        span = x - base
         total = np.zeros(x.shape, np.float64)
-        # stack as many path points per session call as the batch size allows
-        per_call = max(1, ctx.batch_size)
-        for i in range(0, len(alphas), per_call):
-            a = alphas[i:i + per_call].astype(np.float32)
-            points = base + a.reshape((-1,) + (1,) * (x.ndim - 1)) * delta
-            grads = ctx.gradient(points, target)
-            total += np.tensordot(weights[i:i + per_call], grads, axes=(0, 0))[None]
-        return (delta * total).astype(np.float32)
+
+        def path_points(chunk: slice) -> np.ndarray:
+            a = alphas[chunk].astype(np.float32)
+            return base + a.reshape((-1,) + (1,) * (x.ndim - 1)) * span
+
+        for chunk, grads in ctx.batched(len(alphas), path_points, lambda xs: ctx.gradient(xs, target)):
+            total += np.tensordot(weights[chunk], grads, axes=(0, 0))[None]
+        attribution = (span * total).astype(np.float32)
+        if not delta:
+            return attribution
+        ends = ctx.forward(np.concatenate([x, base], axis=0))[:, target].sum(axis=1)
+        gap = attribution.reshape(len(x), -1).sum(axis=1, dtype=np.float64) - (ends[:len(x)] - ends[len(x):])
+        return MethodResult(attribution, {"delta": gap.astype(np.float64)})

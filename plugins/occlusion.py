@@ -7,6 +7,7 @@ import itertools
 import numpy as np
 
 from nxrt.errors import InputError
+from nxrt.params import Param
 from nxrt.registry import Method
 
 
@@ -32,7 +33,13 @@ class Occlusion(Method):
     name = "occlusion"
     aliases = ("occ",)
     summary = "score drop when patches of the input are blanked out (forward passes only)"
-    defaults = {"patch": None, "stride": None, "baseline": 0.0}
+    parameters = (
+        Param("patch", "ints", None, "patch size: one integer or one per spatial axis (default 1/8 of each)",
+              minimum=1),
+        Param("stride", "ints", None, "window step: one integer or one per axis (default half the patch)",
+              minimum=1),
+        Param("baseline", float, 0.0, "the value a patch is filled with"),
+    )
 
     def explain(self, ctx, x, target, patch, stride, baseline):
         spatial = ctx.spatial_shape
@@ -45,24 +52,24 @@ class Occlusion(Method):
         score0 = ctx.forward(x)[0, targets].sum()
         starts = [range(0, d - p + 1, s) for d, p, s in zip(spatial, patch, stride, strict=True)]
         windows = list(itertools.product(*starts))
-        first = ctx.layout == "channels_first"
+        # the windows as slices of a channels-first sample: every channel of the patch is blanked
+        regions = [(slice(None),) + tuple(slice(a, a + p) for a, p in zip(w, patch, strict=True)) for w in windows]
+
+        def occluded(chunk: slice) -> np.ndarray:
+            batch = np.repeat(x, chunk.stop - chunk.start, axis=0)
+            view = ctx.layout.to_channels_first(batch)  # a view: writes land in `batch`
+            for j, region in enumerate(regions[chunk]):
+                view[(j,) + region] = baseline
+            return batch
+
         total = np.zeros(spatial, np.float64)
         count = np.zeros(spatial, np.float64)
-        for i in range(0, len(windows), max(1, ctx.batch_size)):
-            chunk = windows[i:i + max(1, ctx.batch_size)]
-            batch = np.repeat(x, len(chunk), axis=0)
-            for j, w in enumerate(chunk):
-                region = tuple(slice(a, a + p) for a, p in zip(w, patch, strict=True))
-                if first:
-                    batch[(j, slice(None)) + region] = baseline
-                else:
-                    batch[(j,) + region] = baseline
-            drops = score0 - ctx.forward(batch)[:, targets].sum(axis=1)
-            for w, drop in zip(chunk, drops, strict=True):
-                region = tuple(slice(a, a + p) for a, p in zip(w, patch, strict=True))
-                total[region] += drop
-                count[region] += 1
+        scores = ctx.batched(len(windows), occluded, ctx.forward, size=ctx.forward_batch_size)
+        for chunk, chunk_scores in scores:
+            drops = score0 - chunk_scores[:, targets].sum(axis=1)
+            for region, drop in zip(regions[chunk], drops, strict=True):
+                total[region[1:]] += drop
+                count[region[1:]] += 1
         attr = np.divide(total, count, out=np.zeros_like(total), where=count > 0).astype(np.float32)
-        channels = x.shape[1] if first else x.shape[-1]
-        out = np.repeat(attr[None], channels, axis=0)
-        return (out[None] if first else np.moveaxis(out, 0, -1)[None]).astype(np.float32)
+        channels = ctx.layout.channels(x.shape)
+        return ctx.layout.from_channels_first(np.repeat(attr[None, None], channels, axis=1)).astype(np.float32)

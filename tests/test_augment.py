@@ -13,23 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import nxrt
 from nxrt.passes import SEED, ScoreSpec
-
-
-def tiny_classifier(opset=17, batch="N") -> onnx.ModelProto:
-    rng = np.random.default_rng(0)
-    w = numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "W")
-    fc = numpy_helper.from_array(rng.standard_normal((4, 2)).astype(np.float32), "F")
-    nodes = [helper.make_node("Conv", ["x", "W"], ["c"], pads=[1, 1, 1, 1], name="conv"),
-             helper.make_node("Relu", ["c"], ["r"], name="relu"),
-             helper.make_node("GlobalAveragePool", ["r"], ["p"], name="gap"),
-             helper.make_node("Flatten", ["p"], ["f"], name="flat"),
-             helper.make_node("MatMul", ["f", "F"], ["logits"], name="fc"),
-             helper.make_node("Softmax", ["logits"], ["prob"], axis=1, name="softmax")]
-    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 3, 8, 8])],
-                              [helper.make_tensor_value_info("prob", TensorProto.FLOAT, [batch, 2])], [w, fc])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    model.ir_version = 8
-    return model
+from tests.builders import tiny_classifier
 
 
 def run(model, x, seed):

@@ -7,7 +7,7 @@ import pytest
 
 import nxrt
 from nxrt.engine import activation_bytes_per_sample, auto_batch_size
-from tests.test_augment import tiny_classifier
+from tests.builders import tiny_classifier
 
 
 def test_auto_batch_size_keeps_the_estimate_under_the_budget():
@@ -61,13 +61,17 @@ def test_a_model_exported_for_batch_one_still_runs_in_batches(tmp_path):
     np.testing.assert_allclose(grad, xt.grad.numpy(), rtol=1e-3, atol=1e-6)
 
 
-def test_automatic_batch_is_known_before_any_session_is_built():
-    """Plugins size their chunks from ctx.batch_size before their first session call: with the
-    automatic batch size it must already be the estimate (not 1), and knowing it (and the number
-    of scores) must not cost an onnxruntime session."""
+def test_knowing_the_scores_costs_no_session_and_each_session_decides_its_batch_once():
+    """The number of scores comes from shape inference (no onnxruntime session); the automatic batch
+    size of the gradient session is the estimate from its own augmented graph, and a pure gradient
+    method builds that one session and no forward session."""
     ex = nxrt.Explainer(tiny_classifier())
     x = np.zeros((1, 3, 8, 8), np.float32)
     ctx = ex.context(x)
     assert ctx.num_scores == 2
-    assert ctx.batch_size > 1
-    assert not ex._forward and not ex._sessions
+    assert ex.stats()["sessions_built"] == 0
+    assert ctx.batch_size == auto_batch_size(nxrt.augment(tiny_classifier())) > 1
+    assert ex.stats()["sessions_built"] == 1
+    ex.explain(x, "vanilla", target=1)
+    ex.explain(x, "ig", target=1, steps=4)
+    assert ex.stats()["sessions_built"] == 1  # the same gradient session; no forward session

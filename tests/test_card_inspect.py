@@ -10,8 +10,7 @@ import onnx
 import pytest
 
 from nxrt.card import ModelCard
-from tests.test_augment import tiny_classifier
-from tests.test_imaging_cli import MODEL_GRID, seg_model, write_case
+from tests.builders import MODEL_GRID, seg_model, tiny_classifier, write_case
 
 
 def run_cli(*args):

@@ -13,7 +13,7 @@ import onnxruntime as ort
 import nxrt
 from nxrt.engine import Session, cuda_provider_options, session_options
 from nxrt.passes import SEED, grad_name
-from tests.test_augment import tiny_classifier
+from tests.builders import tiny_classifier
 
 
 def test_cuda_options_tf32_off_and_exhaustive_search_for_static_shapes(monkeypatch):
@@ -52,6 +52,6 @@ def test_io_binding_runs_equal_plain_runs_and_keep_seeds_resident():
         got = bound.run([name, "nxrt_scores"], {"x": x, SEED: seed})
         for w, g in zip(want, got, strict=True):
             np.testing.assert_array_equal(g, w)
-    assert len(bound._resident) == 1  # the seed was copied to the device once; inputs never stay
+    assert bound.resident_feeds == 1  # the seed was copied to the device once; inputs never stay
     all_outputs = bound.run(None, {"x": x, SEED: seed})
     assert len(all_outputs) == len(raw.get_outputs())

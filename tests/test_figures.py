@@ -64,7 +64,7 @@ def test_overview_rows_colours_and_outline(tmp_path):
 def test_edges_are_the_mask_border():
     mask = np.zeros((8, 8), bool)
     mask[2:6, 2:6] = True
-    edges = figures._edges(mask)
+    edges = figures.mask_edges(mask)
     assert edges.sum() == 12 and not edges[3:5, 3:5].any() and edges[2, 2:6].all()
 
 

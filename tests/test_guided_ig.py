@@ -95,7 +95,7 @@ def test_matches_pair_reference(setup, pair_quantile, setting):
     if params["baseline"] == "random":
         params["baseline"] = np.random.default_rng(1).uniform(-0.5, 0.5, SHAPE[1:]).astype(np.float32)
     t0 = time.perf_counter()
-    got = explainer.explain(x, "guided_ig", target=TARGET, **params)
+    got = explainer.explain(x, "guided_ig", target=TARGET, **params).attribution
     t1 = time.perf_counter()
     ref = pair_guided_ig(model, x, TARGET, params["steps"], params["fraction"], params["max_dist"],
                          np.asarray(params["baseline"], np.float64))
@@ -120,7 +120,7 @@ def test_zero_corridor_is_left_riemann_ig(setup):
     steps, base = 16, 0.25
     got = explainer.explain(x, "guided_ig", target=TARGET, steps=steps, max_dist=0.0, baseline=base)
     points = base + (np.arange(steps, dtype=np.float32) / steps)[:, None, None, None] * (x - base)
-    grads = explainer.explain(points.astype(np.float32), "vanilla", target=TARGET)
+    grads = explainer.explain(points.astype(np.float32), "vanilla", target=TARGET).attribution
     want = (x - base) * grads.mean(axis=0, keepdims=True)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6 * np.abs(want).max())
 

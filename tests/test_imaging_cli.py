@@ -4,79 +4,15 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import nibabel as nib
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
 import nxrt
-from nxrt.card import ModelCard
 from nxrt.imaging.cases import load_case
 from nxrt.imaging.preprocess import prepare, to_image_channels_last
-
-MODEL_GRID = (16, 16, 16)
-IMAGE_GRID = (20, 14, 17)  # cropped along x, padded along y, cropped by one along z
-CHANNELS = ["flair", "t1", "t1ce", "t2"]
-
-
-def seg_model(path):
-    """A tiny 3D segmenter: Conv3d 4->3 (k3, pad 1) + Relu, with a model card."""
-    rng = np.random.default_rng(0)
-    w = numpy_helper.from_array(rng.standard_normal((3, 4, 3, 3, 3)).astype(np.float32) * 0.3, "W")
-    graph = helper.make_graph(
-        [helper.make_node("Conv", ["input", "W"], ["c"], pads=[1] * 6, name="conv1"),
-         helper.make_node("Relu", ["c"], ["output"], name="relu")], "seg",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 4, *MODEL_GRID])],
-        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", 3, *MODEL_GRID])], [w])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    card = ModelCard(task="segmentation", layout="channels_first", channels=CHANNELS,
-                     labels=["background", "core", "edema"], normalize="zscore")
-    onnx.save_model(card.write(model), str(path))
-    return path
-
-
-def oblique_affine():
-    rot = np.array([[np.cos(0.3), -np.sin(0.3), 0], [np.sin(0.3), np.cos(0.3), 0], [0, 0, 1]])
-    aff = np.eye(4)
-    aff[:3, :3] = rot @ np.diag([1.0, 1.2, 2.5])  # oblique and anisotropic
-    aff[:3, 3] = [-30.0, 12.5, 7.0]
-    return aff
-
-
-def write_case(folder, name, style="2021", data=None, affine=None, with_seg=True):
-    rng = np.random.default_rng(abs(hash(name)) % 2**32)
-    affine = oblique_affine() if affine is None else affine
-    data = rng.uniform(0.5, 2.0, IMAGE_GRID + (4,)).astype(np.float32) if data is None else data
-    data[:2] = 0  # some background
-    suffix = {"2021": ["_flair", "_t1", "_t1ce", "_t2", "_seg"], "2023": ["-t2f", "-t1n", "-t1c", "-t2w", "-seg"]}
-    folder.mkdir(parents=True, exist_ok=True)
-    for c in range(4):
-        img = nib.Nifti1Image(data[..., c], affine)
-        img.header.set_qform(affine, code=1)
-        img.header.set_sform(affine, code=2)
-        img.header.set_xyzt_units("mm", "sec")
-        nib.save(img, str(folder / f"{name}{suffix[style][c]}.nii.gz"))
-    if with_seg:
-        seg = np.zeros(IMAGE_GRID, np.int16)
-        seg[8:12, 5:9, 6:10] = 2
-        seg[9:11, 6:8, 7:9] = 1
-        nib.save(nib.Nifti1Image(seg, affine), str(folder / f"{name}{suffix[style][4]}.nii.gz"))
-    return data
-
-
-def run_cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "nxrt.cli", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd)
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    return seg_model(tmp_path_factory.mktemp("model") / "seg.onnx")
+from tests.builders import CHANNELS, IMAGE_GRID, MODEL_GRID, oblique_affine, run_cli, write_case
 
 
 def test_geometry_round_trip_lands_on_the_right_world_coordinate(tmp_path):
@@ -161,10 +97,10 @@ def test_channel_argmax_equals_numpy_argmax_ties_included():
     np.testing.assert_array_equal(channel_argmax(last, -1), np.argmax(last, axis=-1))
 
 
-def test_explain_outputs_overlay_the_scan(model, tmp_path):
+def test_explain_outputs_overlay_the_scan(seg_onnx, tmp_path):
     write_case(tmp_path / "BraTS2021_00001", "BraTS2021_00001")
     out = tmp_path / "out"
-    res = run_cli("explain", model, tmp_path / "BraTS2021_00001", "-m", "vanilla", "-m", "gradcam", "-o", out)
+    res = run_cli("explain", seg_onnx, tmp_path / "BraTS2021_00001", "-m", "vanilla", "-m", "gradcam", "-o", out)
     assert res.returncode == 0, res.stderr
     d = out / "BraTS2021_00001"
     names = sorted(p.name for p in d.iterdir())
@@ -185,7 +121,7 @@ def test_explain_outputs_overlay_the_scan(model, tmp_path):
     assert len(summary["methods"]["gradcam"]["centroid_mm"]) == 3
     assert 0 <= summary["methods"]["vanilla"]["share_in_true_tumour"] <= 1
     # the raw attribution equals the Python API's on the same preprocessed input, mapped back
-    ex = nxrt.Explainer(model)
+    ex = nxrt.Explainer(seg_onnx)
     case = load_case(tmp_path / "BraTS2021_00001", channels=CHANNELS)
     x, geometry = prepare(case.data, MODEL_GRID, "channels_first", "zscore")
     want = to_image_channels_last(ex.explain(x, "vanilla")[0], "channels_first", geometry)
@@ -211,12 +147,12 @@ def test_explain_outputs_overlay_the_scan(model, tmp_path):
     assert summary["prediction"]["voxels_per_label"] == {str(v): int(n) for v, n in zip(labels, counts, strict=True)}
 
 
-def test_overview_png_is_a_real_picture(model, tmp_path):
+def test_overview_png_is_a_real_picture(seg_onnx, tmp_path):
     import matplotlib.image as mpimg
 
     write_case(tmp_path / "c1", "c1")
     out = tmp_path / "out"
-    res = run_cli("explain", model, tmp_path / "c1", "-m", "vanilla", "-m", "ig", "--steps", "4", "-o", out)
+    res = run_cli("explain", seg_onnx, tmp_path / "c1", "-m", "vanilla", "-m", "ig", "--steps", "4", "-o", out)
     assert res.returncode == 0, res.stderr
     img = mpimg.imread(str(out / "c1" / "overview.png"))
     h, w = img.shape[:2]
@@ -229,7 +165,7 @@ def test_overview_png_is_a_real_picture(model, tmp_path):
             assert band[:, int(col * w * 0.29):int((col + 1) * w * 0.29)].sum() > 20, (row, col)
 
 
-def test_naming_schemes_give_identical_attributions(model, tmp_path):
+def test_naming_schemes_give_identical_attributions(seg_onnx, tmp_path):
     data = np.random.default_rng(5).uniform(0.5, 2, IMAGE_GRID + (4,)).astype(np.float32)
     write_case(tmp_path / "a", "BraTS2021_00002", "2021", data.copy())
     write_case(tmp_path / "b", "BraTS-GLI-00002-000", "2023", data.copy())
@@ -245,7 +181,7 @@ def test_naming_schemes_give_identical_attributions(model, tmp_path):
                          "--channel", f"t2={tmp_path / 'a' / 'BraTS2021_00002_t2.nii.gz'}"]}
     for key, args in cases.items():
         out = tmp_path / f"out_{key}"
-        res = run_cli("explain", model, *args, "-m", "vanilla", "-o", out)
+        res = run_cli("explain", seg_onnx, *args, "-m", "vanilla", "-o", out)
         assert res.returncode == 0, (key, res.stderr)
         (d,) = list(out.iterdir())
         outs[key] = np.asarray(nib.load(str(d / "vanilla.nii.gz")).dataobj)
@@ -253,35 +189,35 @@ def test_naming_schemes_give_identical_attributions(model, tmp_path):
         np.testing.assert_array_equal(outs[key], outs["2021"])
 
 
-def _bad_inputs(tmp_path, model):
+def _bad_inputs(tmp_path, seg_onnx):
     good = tmp_path / "good"
     write_case(good, "good")
     cases = {}
-    cases["missing path"] = ([model, tmp_path / "nope"], "no such file")
+    cases["missing path"] = ([seg_onnx, tmp_path / "nope"], "no such file")
     (tmp_path / "notes.txt").write_text("hello")
-    cases["non-NIfTI file"] = ([model, tmp_path / "notes.txt"], "not a NIfTI file")
+    cases["non-NIfTI file"] = ([seg_onnx, tmp_path / "notes.txt"], "not a NIfTI file")
     (tmp_path / "bad.onnx").write_bytes(b"junk" * 50)
     cases["corrupt ONNX"] = ([tmp_path / "bad.onnx", good], "not a readable ONNX model")
     miss = tmp_path / "miss"
     write_case(miss, "miss")
     (miss / "miss_t1ce.nii.gz").unlink()
-    cases["missing modality"] = ([model, miss], "missing modality t1ce")
+    cases["missing modality"] = ([seg_onnx, miss], "missing modality t1ce")
     shp = tmp_path / "shp"
     write_case(shp, "shp")
     nib.save(nib.Nifti1Image(np.ones((5, 5, 5), np.float32), oblique_affine()), str(shp / "shp_t2.nii.gz"))
-    cases["mismatched shapes"] = ([model, shp], "shp_t2.nii.gz: shape (5, 5, 5) differs")
+    cases["mismatched shapes"] = ([seg_onnx, shp], "shp_t2.nii.gz: shape (5, 5, 5) differs")
     aff = tmp_path / "aff"
     write_case(aff, "aff")
     nib.save(nib.Nifti1Image(np.ones(IMAGE_GRID, np.float32), np.eye(4)), str(aff / "aff_t1.nii.gz"))
-    cases["mismatched affines"] = ([model, aff], "aff_t1.nii.gz: affine differs")
+    cases["mismatched affines"] = ([seg_onnx, aff], "aff_t1.nii.gz: affine differs")
     nan = tmp_path / "nan"
     d = write_case(nan, "nan")
     d[3, 3, 3, 0] = np.nan
     nib.save(nib.Nifti1Image(d[..., 0], oblique_affine()), str(nan / "nan_flair.nii.gz"))
-    cases["NaN voxels"] = ([model, nan], "1 NaN/Inf voxel(s)")
-    cases["unknown method"] = ([model, good, "-m", "magic"], "unknown method 'magic'")
-    cases["unknown layer"] = ([model, good, "-m", "gradcam", "--layer", "zz"], "unknown layer 'zz'; candidates: c")
-    cases["target out of range"] = ([model, good, "-t", "3"], "target 3 is out of range")
+    cases["NaN voxels"] = ([seg_onnx, nan], "1 NaN/Inf voxel(s)")
+    cases["unknown method"] = ([seg_onnx, good, "-m", "magic"], "unknown method 'magic'")
+    cases["unknown layer"] = ([seg_onnx, good, "-m", "gradcam", "--layer", "zz"], "unknown layer 'zz'; candidates: c")
+    cases["target out of range"] = ([seg_onnx, good, "-t", "3"], "target 3 is out of range")
     if os.geteuid() == 0:  # root ignores permission bits: a folder below a regular file cannot be made
         (tmp_path / "afile").write_text("x")
         unwritable = tmp_path / "afile" / "sub"
@@ -289,12 +225,12 @@ def _bad_inputs(tmp_path, model):
         unwritable = tmp_path / "readonly"
         unwritable.mkdir()
         os.chmod(unwritable, 0o500)
-    cases["unwritable output folder"] = ([model, good, "-o", unwritable], "not writable")
+    cases["unwritable output folder"] = ([seg_onnx, good, "-o", unwritable], "not writable")
     return cases
 
 
-def test_every_bad_input_is_one_line_exit_2_no_partial_output(model, tmp_path):
-    cases = _bad_inputs(tmp_path, model)
+def test_every_bad_input_is_one_line_exit_2_no_partial_output(seg_onnx, tmp_path):
+    cases = _bad_inputs(tmp_path, seg_onnx)
     for label, (args, message) in cases.items():
         out = tmp_path / f"out_{label.replace(' ', '_')}"
         extra = [] if "-o" in args else ["-o", out]
@@ -307,12 +243,12 @@ def test_every_bad_input_is_one_line_exit_2_no_partial_output(model, tmp_path):
             assert not [p for p in out.rglob("*") if p.is_file()], label  # nothing half-written
 
 
-def test_cohort_isolates_failures_and_resume_finishes_the_rest(model, tmp_path):
+def test_cohort_isolates_failures_and_resume_finishes_the_rest(seg_onnx, tmp_path):
     for name in ("p1", "p2", "p3"):
         write_case(tmp_path / name, name)
     (tmp_path / "p2" / "p2_t2.nii.gz").write_bytes(b"not gzip at all")
     out = tmp_path / "out"
-    res = run_cli("explain", model, tmp_path / "p1", tmp_path / "p2", tmp_path / "p3", "-m", "vanilla", "-o", out)
+    res = run_cli("explain", seg_onnx, tmp_path / "p1", tmp_path / "p2", tmp_path / "p3", "-m", "vanilla", "-o", out)
     assert res.returncode == 1, res.stderr
     assert "p2" in res.stdout and "FAILED" in res.stdout and "2 of 3 case(s) done" in res.stdout
     assert (out / "p1" / "summary.json").exists() and (out / "p3" / "summary.json").exists()
@@ -323,26 +259,26 @@ def test_cohort_isolates_failures_and_resume_finishes_the_rest(model, tmp_path):
 
     shutil.rmtree(out / "p3")
     (out / ".p3.partial99999").mkdir()
-    again = run_cli("explain", model, tmp_path / "p1", tmp_path / "p3", "-m", "vanilla", "-o", out, "--resume")
+    again = run_cli("explain", seg_onnx, tmp_path / "p1", tmp_path / "p3", "-m", "vanilla", "-o", out, "--resume")
     assert again.returncode == 0, again.stderr
     assert "skipped (finished)" in again.stdout
     assert (out / "p1" / "vanilla.nii.gz").stat().st_mtime_ns == stamp
     assert (out / "p3" / "summary.json").exists()
     # without --overwrite nothing existing is replaced
-    third = run_cli("explain", model, tmp_path / "p1", "-m", "vanilla", "-o", out)
+    third = run_cli("explain", seg_onnx, tmp_path / "p1", "-m", "vanilla", "-o", out)
     assert third.returncode == 2 and "--overwrite" in third.stderr
-    assert run_cli("explain", model, tmp_path / "p1", "-m", "vanilla", "-o", out, "--overwrite").returncode == 0
+    assert run_cli("explain", seg_onnx, tmp_path / "p1", "-m", "vanilla", "-o", out, "--overwrite").returncode == 0
 
 
-def test_method_aliases_keep_their_parameters(model, tmp_path):
+def test_method_aliases_keep_their_parameters(seg_onnx, tmp_path):
     """`-m ig --steps 3` is integrated_gradients with 3 steps (an alias once lost its parameters)."""
     write_case(tmp_path / "c", "c")
-    res = run_cli("explain", model, tmp_path / "c", "-m", "ig", "--steps", "3", "-m", "sg", "--samples", "2",
+    res = run_cli("explain", seg_onnx, tmp_path / "c", "-m", "ig", "--steps", "3", "-m", "sg", "--samples", "2",
                   "-m", "integrated_gradients", "-o", tmp_path / "out")
     assert res.returncode == 0, res.stderr
     methods = json.loads((tmp_path / "out" / "c" / "summary.json").read_text())["methods"]
     assert list(methods) == ["integrated_gradients", "smoothgrad"]  # the repeated method runs once
     assert methods["integrated_gradients"]["params"]["steps"] == 3
     assert methods["smoothgrad"]["params"]["samples"] == 2
-    bad = run_cli("explain", model, tmp_path / "c", "-m", "ig", "--steps", "0", "-o", tmp_path / "out2")
+    bad = run_cli("explain", seg_onnx, tmp_path / "c", "-m", "ig", "--steps", "0", "-o", tmp_path / "out2")
     assert bad.returncode == 2 and "steps must be an integer >= 1" in bad.stderr

@@ -94,10 +94,24 @@ def test_integrated_gradients(case, rule, request):
 @pytest.mark.parametrize("case", CASES)
 def test_integrated_gradients_completeness(case, request):
     _, _, x, ex, _ = request.getfixturevalue(case)
-    attr = ex.explain(x[:1], "ig", target=0, steps=128)
+    attr = ex.explain(x[:1], "ig", target=0, steps=128).attribution
     scores = ex.scores(np.concatenate([x[:1], np.zeros_like(x[:1])]))
     delta = scores[0, 0] - scores[1, 0]
     assert abs(attr.sum() - delta) <= 0.05 * abs(delta)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_integrated_gradients_delta_is_captums_convergence_delta(case, request):
+    """delta=True reports sum(attribution) - (F(x) - F(x')) per sample, as Captum's
+    return_convergence_delta does (same rule, steps and baseline)."""
+    model, _, x, ex, _ = request.getfixturevalue(case)
+    e = ex.explain(x, "ig", target=1, steps=16, baseline=0.1, delta=True)
+    ig = captum_attr.IntegratedGradients(model)
+    _, want = ig.attribute(_t(x), baselines=0.1, target=1, n_steps=16, method="gausslegendre",
+                           return_convergence_delta=True)
+    assert e.extras["delta"].shape == (len(x),)
+    np.testing.assert_allclose(e.extras["delta"], want.detach().numpy(), rtol=0.02, atol=2e-6)
+    assert "delta" not in ex.explain(x, "ig", target=1, steps=16).extras  # only when asked
 
 
 @pytest.mark.parametrize("interpolation, mode", [("linear", None), ("nearest", "nearest")])
@@ -133,7 +147,7 @@ def test_smoothgrad_limit_is_the_base_method(case, request):
 
 def test_smoothgrad_kinds_and_seed(cls2d):
     _, _, x, ex, _ = cls2d
-    a = ex.explain(x[:1], "sg", target=1, samples=8, seed=3)
+    a = ex.explain(x[:1], "sg", target=1, samples=8, seed=3).attribution
     b = ex.explain(x[:1], "sg", target=1, samples=8, seed=3)
     c = ex.explain(x[:1], "sg", target=1, samples=8, seed=4)
     np.testing.assert_array_equal(a, b)
@@ -185,18 +199,17 @@ def test_default_targets(cls2d, seg3d):
     model, _, x, ex, _ = cls2d
     pred = model(_t(x)).argmax(dim=1).numpy()
     got = ex.explain(x, "vanilla")
-    assert ex.info["targets"] == [[int(p)] for p in pred]
+    assert got.targets == [[int(p)] for p in pred]
     for i, p in enumerate(pred):
         assert rel_err(got[i:i + 1], ex.explain(x[i:i + 1], "vanilla", target=int(p))) < 1e-7
     _, _, xs, exs, _ = seg3d
-    exs.explain(xs, "vanilla")
-    assert exs.info["targets"] == [[1, 2]]  # every foreground channel
+    assert exs.explain(xs, "vanilla").targets == [[1, 2]]  # every foreground channel
 
 
 def test_layer_sweep_and_activation_maps(cls2d):
     _, _, x, ex, _ = cls2d
     sweep = ex.explain(x[:1], "layer_sweep", target=1)
-    layers = ex.info["layers"]
+    layers = sweep.extras["layers"]
     assert sweep.shape == (1, len(layers), 16, 16) and len(layers) == 3
     for i, layer in enumerate(layers):
         np.testing.assert_allclose(sweep[:, i:i + 1], ex.explain(x[:1], "gradcam", target=1, layer=layer),
@@ -207,12 +220,13 @@ def test_layer_sweep_and_activation_maps(cls2d):
 
 def test_one_session_serves_all_methods(cls2d):
     _, _, x, ex, _ = cls2d
-    builds = ex.builds
+    fresh = nxrt.Explainer(ex.model, batch_size=8)
     for method in ("vanilla", "ig", "sg", "gradcam", "gradient_x_input", "occlusion", "gradcam"):
-        ex.explain(x[:1], method, target=0)
-    plain = [k for k in ex._sessions if k[0] == "grad" and not k[2]]
-    assert len(plain) == 1  # one plain session (the one with a layer superseded the first)
-    assert ex.builds - builds <= 1
+        fresh.explain(x[:1], method, target=0)
+    # one input-gradient session (vanilla, IG, SmoothGrad, gradient x input), one layer session
+    # (both Grad-CAMs) and one forward session (occlusion), each built once
+    assert fresh.stats()["sessions_built"] == fresh.stats()["sessions"] == 3
+    assert fresh.stats()["graphs_built"] <= 2  # the two augmented graphs, unless the disk cache had them
 
 
 def test_gradcam_plus_plus_matches_torch_hooks(cls2d):

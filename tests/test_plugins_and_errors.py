@@ -11,10 +11,10 @@ import onnx
 import pytest
 
 import nxrt
-from tests.test_augment import tiny_classifier
+from tests.builders import tiny_classifier
 
 PLUGIN_MODULE = '''
-"""A throwaway third-party method: twice the vanilla gradient (and a parameter)."""
+"""A throwaway third-party method: twice the vanilla gradient (and a parameter, declared the old way)."""
 import numpy as np
 import nxrt
 
@@ -59,8 +59,12 @@ def test_third_party_plugin_runs_through_explainer_and_cli(plugin_site, tmp_path
     model_path = tmp_path / "m.onnx"
     onnx.save_model(tiny_classifier(), str(model_path))
     script = textwrap.dedent(f'''
+        import warnings
         import numpy as np, nxrt
-        assert "double_grad" in nxrt.methods(), nxrt.methods()
+        with warnings.catch_warnings(record=True) as caught:  # the old `defaults` form: deprecated, still works
+            warnings.simplefilter("always")
+            assert "double_grad" in nxrt.methods(), nxrt.methods()
+        assert any(w.category is DeprecationWarning and "defaults" in str(w.message) for w in caught), caught
         ex = nxrt.Explainer({str(model_path)!r})
         x = np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)
         a = ex.explain(x, "dg", target=1)
@@ -77,14 +81,9 @@ def test_third_party_plugin_runs_through_explainer_and_cli(plugin_site, tmp_path
     assert "double_grad" not in nxrt.methods()  # installed privately, not into this environment
 
 
-@pytest.fixture(scope="module")
-def ex():
-    return nxrt.Explainer(tiny_classifier())
-
-
-def test_explainer_reads_task_and_layout(ex):
-    assert (ex.task, ex.layout) == ("classification", "channels_first")
-    assert ex.predict(np.zeros((2, 3, 8, 8), np.float32)).shape == (2, 2)
+def test_explainer_reads_task_and_layout(tiny_explainer):
+    assert (tiny_explainer.task, tiny_explainer.layout) == ("classification", "channels_first")
+    assert tiny_explainer.predict(np.zeros((2, 3, 8, 8), np.float32)).shape == (2, 2)
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -100,10 +99,10 @@ def test_explainer_reads_task_and_layout(ex):
     (dict(method="gradcam", interpolation="cubic"), "interpolation 'cubic' is not one of"),
     (dict(method="vanilla", region="predicted"), "region applies to segmentation models only"),
 ])
-def test_bad_options_are_input_errors(ex, kwargs, message):
+def test_bad_options_are_input_errors(tiny_explainer, kwargs, message):
     x = np.zeros((1, 3, 8, 8), np.float32)
     with pytest.raises(nxrt.InputError) as info:
-        ex.explain(x, **kwargs)
+        tiny_explainer.explain(x, **kwargs)
     assert message in str(info.value) and "\n" not in str(info.value)
 
 
@@ -115,15 +114,15 @@ def test_bad_options_are_input_errors(ex, kwargs, message):
     (np.full((1, 3, 8, 8), np.nan, np.float32), "192 NaN/Inf"),
     ([[1.0]], "must be a numpy array"),
 ])
-def test_bad_inputs_are_input_errors(ex, x, message):
+def test_bad_inputs_are_input_errors(tiny_explainer, x, message):
     with pytest.raises(nxrt.InputError, match=message):
-        ex.explain(x, "vanilla", target=0)
+        tiny_explainer.explain(x, "vanilla", target=0)
 
 
-def test_float64_input_is_accepted(ex):
+def test_float64_input_is_accepted(tiny_explainer):
     x = np.random.default_rng(0).standard_normal((1, 3, 8, 8))
-    np.testing.assert_allclose(ex.explain(x, "vanilla", target=0),
-                               ex.explain(x.astype(np.float32), "vanilla", target=0))
+    np.testing.assert_allclose(tiny_explainer.explain(x, "vanilla", target=0),
+                               tiny_explainer.explain(x.astype(np.float32), "vanilla", target=0))
 
 
 def test_load_and_methods():

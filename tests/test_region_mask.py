@@ -9,7 +9,7 @@ import numpy as np
 import nxrt
 from nxrt.imaging.cases import load_case
 from nxrt.imaging.preprocess import prepare, to_image_channels_last
-from tests.test_imaging_cli import CHANNELS, IMAGE_GRID, MODEL_GRID, oblique_affine, run_cli, seg_model, write_case
+from tests.builders import CHANNELS, IMAGE_GRID, MODEL_GRID, oblique_affine, run_cli, write_case
 
 
 def _mask(tmp_path, name, shape=IMAGE_GRID, box=(slice(8, 12), slice(5, 9), slice(6, 10)), affine=None):
@@ -19,8 +19,8 @@ def _mask(tmp_path, name, shape=IMAGE_GRID, box=(slice(8, 12), slice(5, 9), slic
     return tmp_path / name, mask
 
 
-def test_region_mask_on_the_case_grid_equals_the_api_on_the_model_grid(tmp_path):
-    model = seg_model(tmp_path / "seg.onnx")
+def test_region_mask_on_the_case_grid_equals_the_api_on_the_model_grid(tmp_path, seg_onnx):
+    model = seg_onnx
     write_case(tmp_path / "c", "c")
     path, mask = _mask(tmp_path, "roi.nii.gz")
     res = run_cli("explain", model, tmp_path / "c", "-m", "vanilla", "--region", path, "-o", tmp_path / "out")
@@ -36,8 +36,8 @@ def test_region_mask_on_the_case_grid_equals_the_api_on_the_model_grid(tmp_path)
     assert not np.allclose(want, whole)  # the region did change the score explained
 
 
-def test_region_mask_errors_are_one_line(tmp_path):
-    model = seg_model(tmp_path / "seg.onnx")
+def test_region_mask_errors_are_one_line(tmp_path, seg_onnx):
+    model = seg_onnx
     write_case(tmp_path / "c", "c")
     cases = {
         "shape": (_mask(tmp_path, "a.nii.gz", shape=(20, 14, 16), box=(slice(8, 12),) * 3)[0], "differs from case"),

@@ -1,6 +1,6 @@
-"""A gradient pass is a forward pass too: `explain(..., keep_forward=True)` hands back the model's
-output and scores at x whenever the method evaluated the model there, and `nxrt explain` then runs
-no separate forward pass. Checked against the forward-only session's own output."""
+"""A gradient pass is a forward pass too: the Explanation carries the model's output and scores at x
+whenever the method evaluated the model there, and `nxrt explain` then runs no separate forward
+pass. Checked against the forward-only session's own output."""
 
 from __future__ import annotations
 
@@ -11,46 +11,45 @@ import numpy as np
 import pytest
 
 import nxrt
-from tests.test_augment import tiny_classifier
-from tests.test_imaging_cli import MODEL_GRID, run_cli, seg_model, write_case
+from tests.builders import MODEL_GRID, run_cli, tiny_classifier, write_case
 
 SHARING = ["vanilla", "guided_backprop", "gradient_x_input", "gradcam", "guided_gradcam", "occlusion"]
 
 
-@pytest.fixture(scope="module")
-def segmenter(tmp_path_factory):
-    return nxrt.Explainer(seg_model(tmp_path_factory.mktemp("m") / "seg.onnx"))
-
-
 @pytest.mark.parametrize("method", SHARING + ["integrated_gradients", "smoothgrad"])
-def test_kept_forward_equals_the_forward_pass(segmenter, method):
+def test_kept_forward_equals_the_forward_pass(seg_explainer, method):
     x = np.random.default_rng(0).normal(size=(1, 4, *MODEL_GRID)).astype(np.float32)
     params = {"occlusion": {"patch": 8, "stride": 8}}.get(method, {})
-    segmenter.explain(x, method, keep_forward=True, **params)
+    e = seg_explainer.explain(x, method, **params)
     if method in ("integrated_gradients", "smoothgrad"):  # their passes run at other inputs only
-        assert segmenter.last_forward is None
+        assert e.output is None and e.scores is None
         return
-    output, scores = segmenter.last_forward
-    want_output, want_scores = segmenter.predict_and_score(x)
-    np.testing.assert_allclose(output, want_output, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(scores, want_scores, rtol=1e-5, atol=1e-7)
-    segmenter.explain(x, method, **params)
-    assert segmenter.last_forward is None  # only when asked
+    want_output, want_scores = seg_explainer.predict_and_score(x)
+    np.testing.assert_allclose(e.output, want_output, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(e.scores, want_scores, rtol=1e-5, atol=1e-7)
+
+
+def test_keep_forward_is_deprecated_and_changes_nothing(seg_explainer):
+    x = np.random.default_rng(0).normal(size=(1, 4, *MODEL_GRID)).astype(np.float32)
+    with pytest.warns(DeprecationWarning, match="keep_forward"):
+        old = seg_explainer.explain(x, "vanilla", keep_forward=True)
+    new = seg_explainer.explain(x, "vanilla")
+    np.testing.assert_array_equal(old.attribution, new.attribution)
+    np.testing.assert_array_equal(old.output, new.output)
 
 
 def test_kept_forward_of_a_classifier_batch():
     ex = nxrt.Explainer(tiny_classifier())
     x = np.random.default_rng(1).normal(size=(3, 3, 8, 8)).astype(np.float32)
-    ex.explain(x, "vanilla", keep_forward=True)  # target None: each sample's class from its forward pass
-    output, scores = ex.last_forward
-    np.testing.assert_allclose(output, ex.predict(x), rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(scores, ex.scores(x), rtol=1e-5, atol=1e-7)
-    assert [t[0] for t in ex.info["targets"]] == list(np.argmax(scores, axis=1))
+    e = ex.explain(x, "vanilla")  # target None: each sample's class from its forward pass
+    np.testing.assert_allclose(e.output, ex.predict(x), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(e.scores, ex.scores(x), rtol=1e-5, atol=1e-7)
+    assert [t[0] for t in e.targets] == list(np.argmax(e.scores, axis=1))
 
 
 @pytest.mark.parametrize("first", ["vanilla", "integrated_gradients"])
-def test_explain_command_shares_the_forward_pass(tmp_path, first):
-    model = seg_model(tmp_path / "seg.onnx")
+def test_explain_command_shares_the_forward_pass(tmp_path, seg_onnx, first):
+    model = seg_onnx
     write_case(tmp_path / "c", "c")
     others = [m for m in ("vanilla", "integrated_gradients") if m != first]
     res = run_cli("explain", model, tmp_path / "c", "-m", first, "-m", others[0], "--steps", "4",
@@ -86,5 +85,5 @@ def test_an_inner_output_is_predicted_and_kept():
     probe.graph.output.append(onnx.helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, None))
     want = ReferenceEvaluator(probe).run(["logits"], {model.graph.input[0].name: x})[0]
     np.testing.assert_allclose(ex.predict(x), want, rtol=1e-5, atol=1e-6)
-    ex.explain(x, "vanilla", target=0, keep_forward=True)
-    np.testing.assert_allclose(ex.last_forward[0], want, rtol=1e-5, atol=1e-6)
+    e = ex.explain(x, "vanilla", target=0)
+    np.testing.assert_allclose(e.output, want, rtol=1e-5, atol=1e-6)

@@ -15,7 +15,7 @@ import nxrt
 from nxrt.card import ModelCard
 from nxrt.imaging.cases import load_case
 from nxrt.imaging.preprocess import Geometry
-from tests.test_imaging_cli import CHANNELS, IMAGE_GRID, run_cli, seg_model, write_case
+from tests.builders import CHANNELS, IMAGE_GRID, run_cli, seg_model, write_case
 
 GRID_2D = (16, 12)
 

@@ -15,17 +15,19 @@ import onnx
 
 from ..errors import ModelError
 from ..graph import Builder, GraphInfo
+from ..ops import GUIDABLE_OPS
 from .rules import GUIDED_RULES, RULES, ZERO_GRAD_OPS, Rule
 
-#: Activations that `guided_ops` may add to guided mode, with the rule that makes them guided.
-GUIDABLE = ("Relu", "LeakyRelu", "PRelu", "Elu")
+#: every node the traversal emits is named with this prefix (the memory estimate in engine.py
+#: finds the forward tensors the backward pass keeps by it)
+NODE_PREFIX = "nxrt_grad"
 
 
 class DiffContext(Builder):
     """What a rule sees: the builder, the graph's shapes/constants, and which tensors need gradients."""
 
     def __init__(self, model: onnx.ModelProto, info: GraphInfo, active: set[str]):
-        super().__init__(model, prefix="nxrt_grad")
+        super().__init__(model, prefix=NODE_PREFIX)
         self.info = info
         self.active = active
 
@@ -73,8 +75,8 @@ def rule_table(guided: bool, guided_ops: Sequence[str] = ("Relu",)) -> dict[str,
         from .rules import guided_rule_for
 
         for op in guided_ops:
-            if op not in GUIDABLE:
-                raise ModelError(f"guided_ops: '{op}' cannot be guided; choose from {', '.join(GUIDABLE)}")
+            if op not in GUIDABLE_OPS:
+                raise ModelError(f"guided_ops: '{op}' cannot be guided; choose from {', '.join(GUIDABLE_OPS)}")
             table[op] = GUIDED_RULES.get(op) or guided_rule_for(op)
     return table
 
@@ -102,7 +104,7 @@ def add_gradients(model: onnx.ModelProto, score: str, seed: str, wrt: Sequence[s
         if not parts:
             return None
         if len(parts) > 1:
-            ctx.scope = f"nxrt_grad/{name}"
+            ctx.scope = f"{NODE_PREFIX}/{name}"
             contributions[name] = [ctx.op("Sum", *parts)]
         return contributions[name][0]
 
@@ -110,13 +112,13 @@ def add_gradients(model: onnx.ModelProto, score: str, seed: str, wrt: Sequence[s
         gy = [total(o) if o in active else None for o in node.output]
         if all(g is None for g in gy):
             continue
-        ctx.scope = f"nxrt_grad/{node.name or node.op_type}"
+        ctx.scope = f"{NODE_PREFIX}/{node.name or node.op_type}"
         gx = table[node.op_type](ctx, node, gy)
         for name, g in zip(node.input, gx, strict=False):
             if g is not None and ctx.needs(name):
                 contributions[name].append(g)
     grads = {}
-    ctx.scope = "nxrt_grad"
+    ctx.scope = NODE_PREFIX
     for t in wrt:
         g = total(t)
         grads[t] = g if g is not None else ctx.zeros_like(t, info.elem_type(t) or onnx.TensorProto.FLOAT)

@@ -53,9 +53,9 @@ def write_demo_case(folder: Path) -> Path:
 
 
 def run_demo(out: Path, overwrite: bool = False) -> dict[str, Path]:
+    from ..cohort import CaseJob, CaseRequest
     from ..explainer import Explainer
     from ..imaging.cases import load_case
-    from ..imaging.pipeline import explain_case
 
     out = Path(out)
     case_dir = out / "input" / CASE
@@ -74,8 +74,8 @@ def run_demo(out: Path, overwrite: bool = False) -> dict[str, Path]:
             def progress(method):
                 click.echo(f"  {method} ...", err=True)
 
-            summary = explain_case(ex, case, list(METHODS[name]), out / name, params=METHODS[name],
-                                   overwrite=overwrite, progress=progress)
+            request = CaseRequest(list(METHODS[name]), params=METHODS[name], overwrite=overwrite)
+            summary = CaseJob(ex, out / name, request).explain(case, progress)().summary
         results[name] = out / name / CASE
         _report(name, summary)
     click.echo(f"wrote {out}/grader/{CASE}/ and {out}/segmenter/{CASE}/ (NIfTI maps, prediction, overview.png, "

@@ -73,7 +73,7 @@ def _window(values: np.ndarray) -> tuple[float, float]:
     return float(lo), float(hi if hi > lo else lo + 1)
 
 
-def _edges(mask: np.ndarray) -> np.ndarray:
+def mask_edges(mask: np.ndarray) -> np.ndarray:
     """The mask's boundary pixels (in the mask, with a 4-neighbour outside it)."""
     m = np.pad(mask.astype(bool), 1)
     inner = m[1:-1, 1:-1] & m[:-2, 1:-1] & m[2:, 1:-1] & m[1:-1, :-2] & m[1:-1, 2:]
@@ -88,7 +88,7 @@ def _blend(grey: np.ndarray, overlay: np.ndarray | None, outline: np.ndarray | N
         shown = overlay > FLOOR
         rgb[shown] = (1 - ALPHA) * rgb[shown] + ALPHA * jet(overlay[shown])
     if outline is not None:
-        rgb[_edges(outline)] = 255
+        rgb[mask_edges(outline)] = 255
     return np.clip(rgb + 0.5, 0, 255).astype(np.uint8)
 
 

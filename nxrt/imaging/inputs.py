@@ -1,9 +1,8 @@
-"""From a case to the model's input: the model's expected grid, the slice a 2D model explains in
-a 3D case, a region drawn on the case, mapped like the image; plain data in, plain data out."""
+"""From a case to the model's input: the model's expected grid and the slice a 2D model explains
+in a 3D case; plain data in, plain data out. (A region drawn on the case is mapped by
+nxrt.region.to_model_grid, with the geometry this module returns.)"""
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -16,7 +15,7 @@ from .preprocess import prepare
 def model_spatial_shape(explainer) -> tuple[int, ...] | None:
     """The model's spatial input shape: static ONNX input dims, else the card's nxrt.spatial_shape."""
     shape = explainer.model.input_shape
-    spatial = shape[2:] if explainer.layout == "channels_first" else shape[1:-1]
+    spatial = explainer.layout.spatial_shape(shape) if shape else ()
     if spatial and all(isinstance(d, int) and d > 0 for d in spatial):
         return tuple(spatial)
     if explainer.card.spatial_shape:
@@ -34,10 +33,8 @@ def model_channels(explainer) -> int | None:
     shape = explainer.model.input_shape
     if not shape:
         return None
-    c = shape[1] if explainer.layout == "channels_first" else shape[-1]
+    c = explainer.layout.channels(shape)
     return c if isinstance(c, int) else None
-
-
 
 
 def choose_slab(case: Case, model_rank: int | None, spec: str | None) -> tuple[int, int] | None:
@@ -78,32 +75,6 @@ def _default_slice(case: Case, axis: int) -> int:
     return int((occupied[0] + occupied[-1]) // 2) if occupied.size else case.spatial_shape[axis] // 2
 
 
-@dataclass(frozen=True)
-class RegionMask:
-    """A segmentation score region drawn on a case (`--region mask.nii.gz`): voxels in the case's
-    image grid, nonzero inside; `explain_case` maps it through the crop/pad like the image."""
-
-    mask: np.ndarray
-    affine: np.ndarray | None = None
-    source: str = "the region mask"
-
-
-def region_in_model_grid(region: RegionMask, case: Case, geometry, slab) -> np.ndarray:
-    if region.mask.shape != case.spatial_shape:
-        raise InputError(f"{region.source}: shape {region.mask.shape} differs from case '{case.name}' "
-                         f"{case.spatial_shape}; draw the region on this case's voxel grid")
-    if region.affine is not None and not np.allclose(region.affine, case.affine, atol=1e-4):
-        raise InputError(f"{region.source}: affine differs from case '{case.name}'; the region must be on the "
-                         "case's voxel grid (resample it first)")
-    inside = geometry.to_model(region.mask != 0)
-    if slab is not None:
-        inside = np.squeeze(inside, axis=slab[0])
-    if not inside.any():
-        raise InputError(f"{region.source}: no voxel of it lies in the part of case '{case.name}' the model sees "
-                         f"(its {'slice' if slab is not None else 'centre crop'} {geometry.model_shape})")
-    return inside
-
-
 def model_input(explainer, case: Case, slice_spec: str | None = None):
     """(x, geometry, slab, lift): the model's input for `case`, its geometry, the (axis, index)
     slice a 2D model explains in a 3D case (else None), and `lift`, which gives a model-space
@@ -117,7 +88,7 @@ def model_input(explainer, case: Case, slice_spec: str | None = None):
     x, geometry = prepare(case.data, spatial, explainer.layout, explainer.card.normalize, moments, slab)
     if slab is None:
         return x, geometry, None, None
-    axis = (2 if explainer.layout == "channels_first" else 1) + slab[0]
+    axis = explainer.layout.spatial_axes(x.ndim)[slab[0]]
     return np.squeeze(x, axis=axis), geometry, slab, lambda a: np.expand_dims(a, axis)
 
 

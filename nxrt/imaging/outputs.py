@@ -1,0 +1,133 @@
+"""The files of a case: one writer class per output kind, fed a `pipeline.CaseResult`.
+
+    OUT/<case>/<method>.nii.gz      RawMaps         raw attribution, one volume per channel
+    OUT/<case>/<method>_map.nii.gz  DisplayMaps     |a| over channels, 99th-percentile clip, 0..1
+    OUT/<case>/prediction.nii.gz    PredictionMap   predicted labels (segmentation)
+    OUT/<case>/overview.png         OverviewFigure  methods x axial/coronal/sagittal
+    OUT/<case>/summary.json         SummaryJSON     written last: a case with it is complete
+
+Every map overlays the scan: the case's own grid, affine and header. A new format is one new
+class with the hooks it needs: `prediction` (the labels exist), `method` (one method is done),
+`case` (every method is done) and `close` (every other file is written). `CaseWriter` runs them:
+NIfTI files compress on a background thread while the next method computes; `finish` draws the
+figures, waits for every write, then lets `close` run.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+from . import figures
+from .pipeline import CaseResult, MethodMaps
+from .writer import save_json, save_nifti
+
+SUMMARY = "summary.json"
+Submit = Callable[..., Future]
+
+
+class Output:
+    """One kind of output. Hooks get the result so far, the folder to write into and `submit`
+    (runs a function on the writer's background thread). `timing`: when set, the seconds the
+    `case` hook took are reported in summary.json as timings[`timing`_s]."""
+
+    timing: str | None = None
+
+    def prediction(self, result: CaseResult, folder: Path, submit: Submit) -> None:
+        pass
+
+    def method(self, result: CaseResult, maps: MethodMaps, folder: Path, submit: Submit) -> None:
+        pass
+
+    def case(self, result: CaseResult, folder: Path) -> None:
+        pass
+
+    def close(self, result: CaseResult, folder: Path) -> None:
+        pass
+
+
+class RawMaps(Output):
+    def method(self, result, maps, folder, submit):
+        case = result.case
+        submit(save_nifti, folder / f"{maps.name}.nii.gz", maps.raw, case.affine, case.header)
+
+
+class DisplayMaps(Output):
+    def method(self, result, maps, folder, submit):
+        case = result.case
+        submit(save_nifti, folder / f"{maps.name}_map.nii.gz", maps.display, case.affine, case.header)
+
+
+class PredictionMap(Output):
+    def prediction(self, result, folder, submit):
+        case = result.case
+        submit(save_nifti, folder / "prediction.nii.gz", result.labels, case.affine, case.header)
+
+
+class OverviewFigure(Output):
+    timing = "figure"
+
+    def case(self, result, folder):
+        f, case = result.figure, result.case
+        maps = {name: m.display for name, m in result.methods.items()}
+        figures.overview(folder / "overview.png", f.background, maps, f.center, title=f.title, contour=f.contour,
+                         spacing=case.spacing, views=f.views, affine=case.affine)
+
+
+class SummaryJSON(Output):
+    def close(self, result, folder):
+        summary = dict(result.summary)
+        summary["timings"] = {k: round(v, 4) for k, v in result.timings.items()}
+        save_json(folder / SUMMARY, summary)
+
+
+DEFAULT_OUTPUTS: tuple[Output, ...] = (RawMaps(), DisplayMaps(), PredictionMap(), OverviewFigure(), SummaryJSON())
+
+
+class CaseWriter:
+    """Writes one case's outputs into `folder` as its results become ready.
+
+    Pass it as `explain_case(..., on_ready=writer)`; then `finish(result)` (on any thread) runs
+    the `case` hooks, waits for every background write and runs the `close` hooks; `abort()`
+    stops the background thread after a failure (the caller removes the folder)."""
+
+    def __init__(self, folder: Path, outputs: Sequence[Output] = DEFAULT_OUTPUTS):
+        self.folder = Path(folder)
+        self.outputs = tuple(outputs)
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="nxrt-writer")
+        self._pending = [self._pool.submit(figures.warm_up)]
+
+    def _submit(self, fn, *args) -> Future:
+        job = self._pool.submit(fn, *args)
+        self._pending.append(job)
+        return job
+
+    def __call__(self, event: str, result: CaseResult, name: str | None = None) -> None:
+        for out in self.outputs:
+            if event == "prediction":
+                out.prediction(result, self.folder, self._submit)
+            elif event == "method":
+                out.method(result, result.methods[name], self.folder, self._submit)
+
+    def finish(self, result: CaseResult) -> dict:
+        """Every remaining output of the case; returns its summary (with the timings)."""
+        try:
+            for out in self.outputs:
+                t = time.perf_counter()
+                out.case(result, self.folder)
+                if out.timing:
+                    result.timings[f"{out.timing}_s"] = time.perf_counter() - t
+            t = time.perf_counter()
+            for job in self._pending:
+                job.result()
+            result.timings["finish_writes_s"] = time.perf_counter() - t
+        finally:
+            self._pool.shutdown(wait=True)
+        for out in self.outputs:
+            out.close(result, self.folder)
+        return {**result.summary, "timings": {k: round(v, 4) for k, v in result.timings.items()}}
+
+    def abort(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,89 @@
+"""The sessions one explained model needs, built through the engine's pool.
+
+For each sample shape and score region there are at most three kinds: the forward session (model
+outputs + `nxrt_scores`: predictions, occlusion, target resolution), the input-gradient session
+(plain or guided) and the layer session (activations and gradients of the layers Grad-CAM asks
+for, differentiated down to those layers and no further). All start from the same prepared graph
+(`passes.prepare`), so forward and gradient sessions compute the same model. Augmented graphs go
+through the disk cache; the number of scores comes from shape inference on a weight-free skeleton,
+so knowing it costs no session.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from . import passes
+from .cache import cached_entry
+from .engine import Built, PooledSession, SessionPool, auto_batch_size
+from .errors import ModelError
+from .graph import dims_of
+
+
+class ModelSessions:
+    """Sessions of one model (`nxrt.Model`) under one score definition (`passes.ScoreSpec`)."""
+
+    def __init__(self, model, spec: passes.ScoreSpec, pool: SessionPool):
+        self.model = model
+        self.spec = spec
+        self.pool = pool
+        self._num_scores: dict[tuple, int] = {}
+        self.graphs_built = 0  # augmented graphs built here (not served by the disk cache)
+
+    def _spec(self, region_kind: str | None) -> passes.ScoreSpec:
+        return replace(self.spec, region=region_kind)
+
+    def _fixed(self, sample_shape: tuple, weights: bool = True):
+        return passes.fix_input_shape(self.model.proto, self.model.input_name, sample_shape, weights=weights)
+
+    def num_scores(self, sample_shape: tuple, region_kind: str | None) -> int:
+        """K, the number of scores, from the score head's inferred shape (a forward session would
+        hold a copy of every weight, which a pure gradient method never needs)."""
+        key = (tuple(sample_shape), region_kind)
+        if key not in self._num_scores:
+            scored = passes.score_model(self._fixed(sample_shape, weights=False), self._spec(region_kind), fold=False)
+            shape = next(dims_of(o) for o in scored.graph.output if o.name == passes.SCORES)
+            if not shape or not isinstance(shape[1], int):
+                raise ModelError(f"the number of scores is not static (score shape {shape})")
+            self._num_scores[key] = int(shape[1])
+        return self._num_scores[key]
+
+    def forward(self, sample_shape: tuple, region_kind: str | None) -> PooledSession:
+        """Model outputs plus `nxrt_scores`, no gradients."""
+        spec = self._spec(region_kind)
+
+        def build(options: dict) -> Built:
+            model = passes.score_model(self._fixed(sample_shape), spec)
+            # the estimate counts a forward's largest tensors only; onnxruntime's forward plan holds
+            # more at once, so a third of it (the same guess the gradient graph refines for itself)
+            return Built(model, max(1, auto_batch_size(model) // 3))
+
+        return self.pool.get(self.model.digest, self._options("forward", sample_shape, spec), build)
+
+    def gradient(self, sample_shape: tuple, region_kind: str | None, guided: bool = False) -> PooledSession:
+        """Scores and d scores / d input (`nxrt_grad__<input>`), plain or guided."""
+        spec = self._spec(region_kind)
+        options = {**self._options("gradient", sample_shape, spec), "guided": guided, "wrt": [passes.INPUT_ALIAS]}
+        return self.pool.get(self.model.digest, options, lambda o: self._augmented(sample_shape, spec, o))
+
+    def layers(self, sample_shape: tuple, region_kind: str | None, tensors) -> PooledSession:
+        """Scores and the activations and gradients of `tensors` (and of every layer asked for
+        before: one session serves a whole layer sweep)."""
+        spec = self._spec(region_kind)
+        options = {**self._options("layers", sample_shape, spec), "guided": False, "wrt": [],
+                   "layers": list(tensors)}
+        return self.pool.get(self.model.digest, options, lambda o: self._augmented(sample_shape, spec, o))
+
+    def _options(self, kind: str, sample_shape: tuple, spec: passes.ScoreSpec) -> dict:
+        return {"kind": kind, "sample_shape": [int(d) for d in sample_shape], "score": list(spec.key())}
+
+    def _augmented(self, sample_shape: tuple, spec: passes.ScoreSpec, options: dict) -> Built:
+        def build():
+            self.graphs_built += 1
+            return passes.augment(self._fixed(sample_shape), wrt=tuple(options["wrt"]),
+                                  layers=tuple(options.get("layers", ())), guided=options["guided"], score=spec)
+
+        aug, entry = cached_entry(self.model.digest, options, build)
+        batch = auto_batch_size(aug)  # the gradient graph's own activation sizes
+        # onnxruntime reads a cached entry from its file: no serialised copy is held in this process
+        return Built(entry if entry is not None else aug, batch)
