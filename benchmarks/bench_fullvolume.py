@@ -49,7 +49,7 @@ def worker(model: Path, steps: int) -> dict:
     a = ex.explain(x, "integrated_gradients", target=1, steps=steps)
     seconds = time.perf_counter() - t0
     assert a.shape == x.shape and np.isfinite(a).all()
-    return {"seconds": seconds, "batch_size": ex.batch_size, "available_gb": avail / 2**30}
+    return {"seconds": seconds, "batch_size": ex.context(x).batch_size, "available_gb": avail / 2**30}
 
 
 def main() -> None:

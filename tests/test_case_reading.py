@@ -90,12 +90,12 @@ def test_nan_in_a_float_channel_is_one_clear_error(tmp_path):
 def test_gunzip_reads_every_member_like_pythons_gzip():
     import gzip
 
-    from nxrt.imaging.writer import _gzip, gunzip
+    from nxrt.imaging.writer import gunzip, gzip_members
 
     rng = np.random.default_rng(4)
     payload = rng.integers(0, 50, 10_000_000).astype(np.uint8).tobytes()
     single = gzip.compress(payload)
-    multi = _gzip(payload)  # nxrt's own parallel members (4 MB each)
+    multi = gzip_members(payload)  # nxrt's own parallel members (4 MB each)
     assert multi.count(b"\x1f\x8b\x08") >= 3 and gzip.decompress(multi) == payload
     mixed = gzip.compress(b"head") + multi + b"\0" * 16  # trailing zero padding, as gzip allows
     assert gunzip(single) == payload and gunzip(multi) == payload

@@ -182,3 +182,23 @@ def test_old_defaults_dict_still_works_with_a_deprecation_warning():
     assert Old().resolve_params({"scale": 2}) == {"scale": 2.0, "layer": None}
     with pytest.raises(ParamError, match="scale must be a number"):
         Old().resolve_params({"scale": "x"})
+
+
+def test_the_readme_plugin_example_runs_as_written(tiny_explainer):
+    """The README's plugin class, exactly as printed there, checked against its definition
+    (scale * g * |g| of the vanilla gradient g) through the same parameter checks the CLI uses."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split("```python\n# my_methods.py\n", 1)[1].split("```", 1)[0]
+    namespace: dict = {}
+    exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102 - the project's own README
+    method = namespace["SignedSquare"]()
+    assert [(p.name, p.kind, p.default) for p in method.parameters] == [("scale", "float", 1.0)]
+    x = np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype(np.float32)
+    ctx = tiny_explainer.context(x)
+    got = method.explain(ctx, x, [1], **method.resolve_params({"scale": 2}))
+    g = tiny_explainer.explain(x, "vanilla", target=1).attribution
+    np.testing.assert_allclose(got, 2 * g * np.abs(g), rtol=1e-6, atol=1e-12)
+    with pytest.raises(ParamError, match="scale must be a number >= 0"):
+        method.resolve_params({"scale": -1})

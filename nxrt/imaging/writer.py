@@ -59,7 +59,7 @@ def save_nifti(path, data, affine: np.ndarray, header) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             if str(path).endswith(".gz"):
-                f.write(_gzip(head))
+                f.write(gzip_members(head))
                 for member in _gzip_stream(voxels):
                     f.write(member)
             else:
@@ -81,7 +81,7 @@ def _jsonable(v):
     return str(v)
 
 
-def _gzip(raw, level: int = 1) -> bytes:
+def gzip_members(raw, level: int = 1) -> bytes:
     """One buffer as gzip members compressed in parallel (see `_gzip_stream`)."""
     return b"".join(_gzip_stream([raw], level))
 
