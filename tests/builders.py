@@ -87,3 +87,19 @@ def run_cli(*args, cwd=None):
                           cwd=cwd)
 
 
+
+
+def install_plugin(folder, module: str, source: str, entry: str) -> str:
+    """Build the one-module distribution `module` (its code `source`, registering `entry`, e.g.
+    "mine = mod:Cls", under nxrt.methods) and pip-install it into `folder`/site, never into the
+    venv; returns the site folder (put it on PYTHONPATH to see the plugin)."""
+    src, site = folder / "src", folder / "site"
+    src.mkdir(parents=True)
+    (src / "pyproject.toml").write_text(
+        '[build-system]\nrequires = ["setuptools"]\nbuild-backend = "setuptools.build_meta"\n\n'
+        f'[project]\nname = "{module.replace("_", "-")}"\nversion = "0.0.1"\n\n'
+        f'[project.entry-points."nxrt.methods"]\n{entry}\n')
+    (src / f"{module}.py").write_text(source)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target",
+                    str(site), str(src)], check=True)
+    return str(site)

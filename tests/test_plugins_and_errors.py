@@ -11,7 +11,7 @@ import onnx
 import pytest
 
 import nxrt
-from tests.builders import tiny_classifier
+from tests.builders import install_plugin, tiny_classifier
 
 PLUGIN_MODULE = '''
 """A throwaway third-party method: twice the vanilla gradient (and a parameter, declared the old way)."""
@@ -29,30 +29,11 @@ class DoubleGrad(nxrt.Method):
         return np.float32(factor) * ctx.gradient(x, target)
 '''
 
-PYPROJECT = '''
-[build-system]
-requires = ["setuptools"]
-build-backend = "setuptools.build_meta"
-
-[project]
-name = "nxrt-demo-plugin"
-version = "0.0.1"
-
-[project.entry-points."nxrt.methods"]
-double_grad = "nxrt_demo_plugin:DoubleGrad"
-'''
-
-
 @pytest.fixture(scope="module")
 def plugin_site(tmp_path_factory):
-    """Build and install the plugin distribution into a private folder (the venv stays untouched)."""
-    src = tmp_path_factory.mktemp("plugin_src")
-    (src / "pyproject.toml").write_text(PYPROJECT)
-    (src / "nxrt_demo_plugin.py").write_text(PLUGIN_MODULE)
-    site = tmp_path_factory.mktemp("site")
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target",
-                    str(site), str(src)], check=True)
-    return site
+    """The plugin distribution built and installed into a private folder (the venv stays untouched)."""
+    return install_plugin(tmp_path_factory.mktemp("plugin"), "nxrt_demo_plugin", PLUGIN_MODULE,
+                          'double_grad = "nxrt_demo_plugin:DoubleGrad"')
 
 
 def test_third_party_plugin_runs_through_explainer_and_cli(plugin_site, tmp_path):

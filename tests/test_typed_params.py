@@ -15,7 +15,7 @@ import nxrt
 from nxrt.imaging.cases import load_case
 from nxrt.imaging.preprocess import prepare, to_image_channels_last
 from nxrt.params import Param, ParamError
-from tests.builders import CHANNELS, MODEL_GRID, run_cli, write_case
+from tests.builders import CHANNELS, MODEL_GRID, install_plugin, run_cli, write_case
 
 TYPED_PLUGIN = '''
 """A throwaway third-party method with a typed parameter."""
@@ -33,30 +33,12 @@ class Scaled(nxrt.Method):
         return np.float32(scale) * ctx.gradient(x, target)
 '''
 
-PYPROJECT = '''
-[build-system]
-requires = ["setuptools"]
-build-backend = "setuptools.build_meta"
-
-[project]
-name = "nxrt-typed-plugin"
-version = "0.0.1"
-
-[project.entry-points."nxrt.methods"]
-mine = "nxrt_typed_plugin:Scaled"
-'''
-
-
 @pytest.fixture(scope="module")
 def typed_plugin(tmp_path_factory):
     """The plugin built and installed into a private folder; returns the environment that sees it."""
-    src = tmp_path_factory.mktemp("typed_src")
-    (src / "pyproject.toml").write_text(PYPROJECT)
-    (src / "nxrt_typed_plugin.py").write_text(TYPED_PLUGIN)
-    site = tmp_path_factory.mktemp("typed_site")
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target",
-                    str(site), str(src)], check=True)
-    return {"PYTHONPATH": str(site), "PATH": ""}
+    site = install_plugin(tmp_path_factory.mktemp("typed"), "nxrt_typed_plugin", TYPED_PLUGIN,
+                          'mine = "nxrt_typed_plugin:Scaled"')
+    return {"PYTHONPATH": site, "PATH": ""}
 
 
 def nxrt_cli(env, *args):
