@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time the names load on first use
     from .card import ModelCard
     from .context import Context
-    from .errors import InputError, ModelError, NxrtError
+    from .errors import InputError, ModelError, NxrtError, NxrtWarning
     from .explainer import Explainer, Model, load
     from .explanation import Explanation
     from .layout import Layout
@@ -26,13 +26,13 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "Context": ".context", "Explainer": ".explainer", "Model": ".explainer", "load": ".explainer",
     "Explanation": ".explanation", "Layout": ".layout", "Param": ".params",
-    "InputError": ".errors", "ModelError": ".errors", "NxrtError": ".errors",
+    "InputError": ".errors", "ModelError": ".errors", "NxrtError": ".errors", "NxrtWarning": ".errors",
     "Method": ".registry", "MethodResult": ".registry", "methods": ".registry",
     "ModelCard": ".card",
     "ScoreSpec": ".passes", "augment": ".passes",
 }
 __all__ = ["Context", "Explainer", "Explanation", "InputError", "Layout", "Method", "MethodResult", "Model",
-           "ModelCard", "ModelError", "NxrtError", "Param", "ScoreSpec", "augment", "load",
+           "ModelCard", "ModelError", "NxrtError", "NxrtWarning", "Param", "ScoreSpec", "augment", "load",
            "methods"]  # = sorted(_EXPORTS) (a literal, for linters)
 
 

@@ -7,11 +7,12 @@ traceback instead. Commands are thin: they parse, call the Python API, and repor
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 
 import click
 
-from .errors import NxrtError
+from .errors import NxrtError, NxrtWarning
 from .layout import Layout
 
 EXIT_USER_ERROR = 2
@@ -46,6 +47,8 @@ def main(ctx: click.Context, debug: bool) -> None:
     """nxrt: explain ONNX models of 2D/3D medical images without their training framework."""
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
+    # results' warnings are printed by the commands as one `nxrt: warning:` line each, not by Python
+    warnings.simplefilter("ignore", NxrtWarning)
 
 
 @main.command()
@@ -106,6 +109,10 @@ def _check_writable(out: Path) -> None:
         os.unlink(probe)
     except OSError as exc:
         raise InputError(f"output folder {out} is not writable ({exc.strerror}); choose another with -o") from None
+
+
+def _warn(line: str) -> None:
+    click.echo(f"nxrt: warning: {line}", err=True)
 
 
 def _import_nibabel() -> None:
@@ -176,7 +183,7 @@ def explain(model, cases, methods, targets, out, assignments, channels, region, 
     ex = Explainer(model, task=task, layout=layout, providers=provider, batch_size=batch_size)
     request = CaseRequest(methods, target=list(targets) or None, region=regions.from_cli(region), params=params,
                           slice_spec=slice_spec, overwrite=overwrite, resume=resume,
-                          channel_files=channel_files or None)
+                          channel_files=channel_files or None, warn=_warn)
     items = [("--channel", None)] if channel_files and not cases else [(c, c) for c in cases]
     show = len(items) > 1 or sys.stderr.isatty()  # one case into a pipe or a log: its error stays the only line
 
@@ -244,6 +251,9 @@ def inspect(model: Path) -> None:
     click.echo("differentiable ops: " + ", ".join(f"{o} x{n}" for o, n in cover.differentiable.items()))
     click.echo("ops without a rule: " + (", ".join(f"{o} x{n}" for o, n in cover.without_rule.items()) or "none") +
                (" (fine unless they lie on the gradient path)" if cover.without_rule else ""))
+    if cover.random:
+        click.echo("random ops (refused: the model was exported in training mode): " +
+                   ", ".join(f"{o} x{n}" for o, n in cover.random.items()))
     layers = m.conv_layers()
     click.echo(f"Grad-CAM layers ({len(layers)}; default the last): " + ", ".join(layers[-6:]) +
                (f" (+{len(layers) - 6} earlier)" if len(layers) > 6 else ""))
@@ -279,6 +289,8 @@ def layers(model, case, out, targets, orientation, slice_spec, overwrite):
         slice_spec = orientation  # a 2D model: --orientation picks the slice's orientation
     x, geometry, slab, lift = model_input(ex, c, slice_spec)
     explanation = ex.explain(x, "layer_sweep", target=list(targets) or None)
+    for line in explanation.warnings:
+        _warn(f"{c.name}: layer_sweep: {line}")
     sweep = (lift(explanation.attribution) if lift else explanation.attribution)[0]
     names = explanation.extras["layers"]
     maps = to_image_channels_last(sweep, ex.layout, geometry)

@@ -79,6 +79,7 @@ class CaseRequest:
     resume: bool = False
     channel_files: dict | None = None
     outputs: Sequence[Output] = DEFAULT_OUTPUTS
+    warn: Callable[[str], None] | None = None  # told every warning of a result, one line each
 
 
 class CaseJob:
@@ -123,7 +124,7 @@ class CaseJob:
         try:
             result = explain_case(self.explainer, case, req.methods, target=req.target, region=req.region,
                                   params=req.params, slice_spec=req.slice_spec, progress=progress, on_ready=writer,
-                                  load_seconds=load_seconds)
+                                  load_seconds=load_seconds, warn=req.warn)
         except BaseException:
             writer.abort()
             shutil.rmtree(stage, ignore_errors=True)

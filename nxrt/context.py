@@ -44,6 +44,8 @@ class Context:
         self._sample = sample
         self._region_feed = region.feed(self.layout)
         self.forward_at_sample: tuple[np.ndarray, np.ndarray] | None = None
+        #: what the sessions this context ran say about every result of them (Explanation.warnings)
+        self.notes: list[str] = []
 
     # -- geometry of the model input
     @property
@@ -140,6 +142,7 @@ class Context:
         """`names` of a session for a stack of inputs, run in chunks of its batch size and joined
         (target None: no seed). When xs is the sample being explained, the model's output and
         scores of this pass are kept too (`forward_at_sample`), if the session computes them."""
+        self.notes.extend(n for n in pooled.notes if n not in self.notes)
         keep = xs is self._sample and self.forward_at_sample is None and self.output_name in pooled.outputs
         fetch = names + [self.output_name, SCORES] if keep else names
         xs = np.ascontiguousarray(xs, dtype=np.float32)

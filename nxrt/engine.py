@@ -348,6 +348,7 @@ class Built:
 
     graph: onnx.ModelProto | Path
     batch_size: int
+    notes: tuple[str, ...] = ()  # what every result of this session must say (Explanation.warnings)
 
 
 @dataclass(frozen=True)
@@ -359,6 +360,7 @@ class PooledSession:
     inputs: frozenset[str]
     outputs: frozenset[str]
     layers: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
 
     def run(self, names: Sequence[str], feeds: dict) -> list[np.ndarray]:
         return self.session.run(list(names), {k: v for k, v in feeds.items() if k in self.inputs})
@@ -408,7 +410,7 @@ class SessionPool:
         session = make_session(built.graph, self.providers, self.threads, static_shapes=True)
         pooled = PooledSession(session, self.batch_size or built.batch_size,
                                frozenset(i.name for i in session.get_inputs()),
-                               frozenset(o.name for o in session.get_outputs()), want)
+                               frozenset(o.name for o in session.get_outputs()), want, built.notes)
         for key in [k for k in self._sessions if k[0] == base and set(k[1]) <= set(want)]:
             del self._sessions[key]
         self._sessions[(base, want)] = pooled

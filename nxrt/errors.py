@@ -18,3 +18,8 @@ class ModelError(NxrtError):
 
 class InputError(NxrtError):
     """An input (array, case file, target, option) does not fit the model or the method."""
+
+
+class NxrtWarning(UserWarning):
+    """A result that is computed but cannot be fully trusted, or a guess nxrt made for the user.
+    The CLI prints each as one `nxrt: warning:` line; Explanation.warnings keeps them as values."""

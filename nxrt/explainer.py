@@ -21,11 +21,11 @@ from . import passes
 from .card import ModelCard
 from .context import Context
 from .engine import SessionPool, batches
-from .errors import InputError, ModelError
+from .errors import InputError, ModelError, NxrtWarning
 from .explanation import Explanation, merge_extras
 from .graph import GraphInfo, load_model
 from .layout import Layout
-from .ops import conv_outputs
+from .ops import check_deterministic, conv_outputs
 from .region import Region, score_region
 from .registry import MethodResult, get_method
 from .sessions import ModelSessions
@@ -85,6 +85,7 @@ class Explainer:
                  batch_size: int | None = None, score: str = "output", output: str | None = None,
                  seed: int = 0, threads: int | None = None):
         self.model = model if isinstance(model, Model) else load(model)
+        check_deterministic(self.model.proto, self.model.source)
         if score not in ("output", "logits"):
             raise InputError(f"score '{score}' is not one of output, logits")
         self.spec = passes.default_score_spec(self.model.proto, task=task, layout=layout, output=output,
@@ -166,7 +167,7 @@ class Explainer:
         region = self.region(region)
         rng = np.random.default_rng(self.seed)
         t0, built = time.perf_counter(), self.pool.stats()["build_seconds"]
-        outs, targets, forwards, extras = [], [], [], []
+        outs, targets, forwards, extras, notes = [], [], [], [], []
         for i in range(x.shape[0]):
             xi = x[i:i + 1]
             ctx = Context(self.sessions, xi.shape[1:], region, rng, sample=xi)
@@ -178,12 +179,15 @@ class Explainer:
             outs.append(np.asarray(result.attribution, dtype=np.float32))
             extras.append(result.extras)
             forwards.append(ctx.forward_at_sample)
+            notes.extend(n for n in [*ctx.notes, *result.warnings] if n not in notes)
         output = scores = None
         if all(f is not None for f in forwards):
             output, scores = (np.concatenate(part, axis=0) for part in zip(*forwards, strict=True))
+        for note in notes:  # Python callers see them too (once per call site, Python's default)
+            warnings.warn(f"{impl.name}: {note}", NxrtWarning, stacklevel=2)
         return Explanation(np.concatenate(outs, axis=0), impl.name, params, targets, output, scores,
                            merge_extras(extras), time.perf_counter() - t0,
-                           self.pool.stats()["build_seconds"] - built)
+                           self.pool.stats()["build_seconds"] - built, notes)
 
     # ------------------------------------------------------------------ helpers
 

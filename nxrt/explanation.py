@@ -21,6 +21,8 @@ class Explanation(np.lib.mixins.NDArrayOperatorsMixin):
     a classifier's target resolution do); else None. No extra pass is ever run for them.
     extras: method-specific values (Grad-CAM's `layer`, the layer sweep's `layers`, IG's `delta`).
     seconds: wall time of the call; build_seconds: the part spent building graphs and sessions.
+    warnings: what the result cannot be trusted for, one line each (e.g. gradient paths through
+    piecewise-constant ops, an IG whose attributions miss F(x) - F(x') by more than 5%).
 
     It works where an array is expected: np.asarray(e), e.shape, e[0], and arithmetic and numpy
     functions (e * 2, e1 - e2, np.abs(e)) give plain arrays of the attribution.
@@ -35,6 +37,7 @@ class Explanation(np.lib.mixins.NDArrayOperatorsMixin):
     extras: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
     build_seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)
 
     def __array__(self, dtype=None, copy=None):
         a = self.attribution if dtype is None else self.attribution.astype(dtype, copy=False)

@@ -424,8 +424,6 @@ def convert_opset(model: onnx.ModelProto, target: int = MIN_OPSET) -> onnx.Model
 
 # --------------------------------------------------------------------------- constant folding
 
-_NONDETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
-                     "Bernoulli"}
 
 
 def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -439,13 +437,15 @@ def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
     """
     import onnxruntime as ort
 
+    from .ops import RANDOM_OPS
+
     inferred = GraphInfo.of(model)
     g = model.graph
     known = {t.name for t in g.initializer}
     shape_inputs: dict[str, tuple] = {}
     nodes = []
     for node in g.node:
-        if node.op_type in _NONDETERMINISTIC or node.domain not in ("", "ai.onnx"):
+        if node.op_type in RANDOM_OPS or node.domain not in ("", "ai.onnx"):
             continue
         if node.op_type in ("Shape", "Size"):
             shape = inferred.shape(node.input[0])

@@ -6,6 +6,10 @@
 - how each differentiable op moves the channel axis (`AXIS_EFFECT`), which Grad-CAM follows to
   find a layer's channel axis in a channels-last model; every op with a VJP rule must be listed
   (tests/test_ops.py checks it), so a new rule cannot silently break Grad-CAM's channel axis;
+- RANDOM_OPS and `random_nodes`: what makes a model non-deterministic (refused before anything
+  runs: two explanations of one input would differ);
+- PIECEWISE_CONSTANT_OPS: ops whose output is constant almost everywhere in their inputs, so a
+  gradient path through them carries zero (reported by the autodiff, never a silent zero map);
 - `coverage`: which of a model's ops nxrt can differentiate (what `nxrt inspect` reports).
 """
 
@@ -16,10 +20,17 @@ from dataclasses import dataclass
 
 import onnx
 
+from .errors import ModelError
 from .graph import GraphInfo, attr
 from .layout import Layout
 
 CONV_OPS = ("Conv", "ConvTranspose")
+RANDOM_OPS = ("RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli")
+PIECEWISE_CONSTANT_OPS = ("Round", "Floor", "Ceil", "Sign", "Equal", "Greater", "Less", "GreaterOrEqual",
+                          "LessOrEqual", "ArgMax", "ArgMin", "Mod", "IsNaN", "IsInf", "NonZero", "Not", "And", "Or",
+                          "Xor", "BitShift")
+#: ops whose inputs only give a shape or a size: nothing of their values flows on
+SHAPE_ONLY_OPS = ("Shape", "Size", "ConstantOfShape", "EyeLike", "Range")
 PROBABILITY_OPS = ("Softmax", "Sigmoid", "LogSoftmax")
 GUIDABLE_OPS = ("Relu", "LeakyRelu", "PRelu", "Elu")
 
@@ -78,12 +89,44 @@ def channel_axis(info: GraphInfo, tensor: str, layout: Layout) -> int:
     return axis
 
 
+def node_label(node: onnx.NodeProto) -> str:
+    return f"{op_key(node)} '{node.name or node.output[0]}'"
+
+
+def random_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    """Nodes that draw random numbers: the random ops, and Dropout in training mode (its
+    `training_mode` input present and not a constant False)."""
+    found = [n for n in model.graph.node if n.domain in ("", "ai.onnx") and n.op_type in RANDOM_OPS]
+    info = None
+    for node in model.graph.node:
+        if node.op_type == "Dropout" and len(node.input) > 2 and node.input[2]:
+            info = info or GraphInfo(model)
+            flag = info.const(node.input[2])
+            if flag is None or bool(flag.any()):
+                found.append(node)
+    return found
+
+
+def check_deterministic(model: onnx.ModelProto, source: str | None = None) -> None:
+    """Refuse a model that draws random numbers (exported in training mode): one ModelError
+    naming the nodes and the fix."""
+    found = random_nodes(model)
+    if found:
+        names = ", ".join(node_label(n) for n in found[:4]) + (f" and {len(found) - 4} more" if len(found) > 4 else "")
+        raise ModelError(f"{source or 'the model'} draws random numbers ({names}), so two explanations of one input "
+                         "would differ: it was exported in training mode; re-export it in inference mode "
+                         "(torch: model.eval(); Keras/TF: training=False; a TF1 graph: nxrt convert tf sets its "
+                         "training flags to inference)")
+
+
 @dataclass(frozen=True)
 class Coverage:
-    """Op types of a model (with their counts) that nxrt can and cannot differentiate."""
+    """Op types of a model (with their counts) that nxrt can and cannot differentiate, and the
+    random ones (refused whatever their place)."""
 
     differentiable: dict[str, int]
     without_rule: dict[str, int]
+    random: dict[str, int]
 
 
 def op_key(node: onnx.NodeProto) -> str:
@@ -94,9 +137,10 @@ def coverage(model: onnx.ModelProto) -> Coverage:
     from .autodiff.rules import RULES, ZERO_GRAD_OPS
 
     ops = Counter(op_key(n) for n in model.graph.node)
-    ok = {o: ops[o] for o in sorted(ops) if o in RULES or o in ZERO_GRAD_OPS}
-    bad = {o: ops[o] for o in sorted(ops) if o not in ok}
-    return Coverage(ok, bad)
+    random = dict(Counter(op_key(n) for n in random_nodes(model)))
+    ok = {o: ops[o] for o in sorted(ops) if (o in RULES or o in ZERO_GRAD_OPS) and o not in random}
+    bad = {o: ops[o] for o in sorted(ops) if o not in ok and o not in random}
+    return Coverage(ok, bad, dict(sorted(random.items())))
 
 
 def conv_outputs(model: onnx.ModelProto) -> list[str]:

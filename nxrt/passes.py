@@ -17,6 +17,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from .autodiff import add_gradients
+from .autodiff.grad import zero_gradient_nodes
 from .card import ModelCard
 from .errors import InputError, ModelError
 from .graph import (
@@ -30,7 +31,7 @@ from .graph import (
     weight_free,
 )
 from .layout import Layout
-from .ops import CONV_OPS, PROBABILITY_OPS
+from .ops import CONV_OPS, PROBABILITY_OPS, check_deterministic, node_label
 from .region import FEED as REGION
 from .region import MASK, PREDICTED
 
@@ -38,6 +39,8 @@ SEED = "nxrt_seed"
 SCORES = "nxrt_scores"
 GRAD_PREFIX = "nxrt_grad__"
 INPUT_ALIAS = "input"
+#: metadata of an augmented model: the piecewise-constant nodes its gradient passes through as zero
+ZERO_GRADIENT_KEY = "nxrt.zero_gradient_nodes"
 
 
 def grad_name(tensor: str) -> str:
@@ -212,8 +215,12 @@ def augment(model: str | os.PathLike | onnx.ModelProto, wrt: Sequence[str] = (IN
             onehot[0, int(t)] += 1.0
         seed = b.op("Expand", b.const(onehot, hint="onehot"), b.op("Shape", scores))
     b.flush()
-    grads = add_gradients(work, scores, seed, wrt_names + [n for n in layer_names if n not in wrt_names],
-                          guided=guided, guided_ops=guided_ops, info=info)
+    wanted = wrt_names + [n for n in layer_names if n not in wrt_names]
+    blocked = zero_gradient_nodes(work.graph, scores, wanted)  # (before the gradient nodes exist)
+    grads = add_gradients(work, scores, seed, wanted, guided=guided, guided_ops=guided_ops, info=info)
+    if blocked:  # the sessions report it with every explanation (Explanation.warnings)
+        entry = work.metadata_props.add()
+        entry.key, entry.value = ZERO_GRADIENT_KEY, "; ".join(node_label(n) for n in blocked)
     outputs = [(scores, SCORES)]
     outputs += [(n, n) for n in layer_names if n not in {o.name for o in work.graph.output}]
     outputs += [(grads[t], grad_name(t)) for t in dict.fromkeys(wrt_names + layer_names)]
@@ -233,6 +240,7 @@ def prepare(model: str | os.PathLike | onnx.ModelProto, fold: bool = True) -> on
     and (fold=True) the exporters' run-time shape arithmetic folded into constants."""
     work = onnx.ModelProto()
     work.CopyFrom(load_model(model))
+    check_deterministic(work)
     work = convert_opset(work)
     del work.graph.value_info[:]
     return fold_constants(work) if fold else work

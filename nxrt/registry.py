@@ -31,10 +31,11 @@ GROUP = "nxrt.methods"
 class MethodResult:
     """What a method may return instead of a bare array: the attribution plus method-specific
     extras (Grad-CAM's resolved layer, IG's convergence delta, ...), which reach the caller in
-    `Explanation.extras`."""
+    `Explanation.extras`, and warnings (one line each) for `Explanation.warnings`."""
 
     attribution: np.ndarray
     extras: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
 
 def attribution_of(result) -> np.ndarray:

@@ -85,5 +85,8 @@ class ModelSessions:
 
         aug, entry = cached_entry(self.model.digest, options, build)
         batch = auto_batch_size(aug)  # the gradient graph's own activation sizes
+        blocked = next((p.value for p in aug.metadata_props if p.key == passes.ZERO_GRADIENT_KEY), None)
+        notes = (f"the gradient is zero through {blocked} (piecewise constant): what the model computes there "
+                 "is missing from the attribution",) if blocked else ()
         # onnxruntime reads a cached entry from its file: no serialised copy is held in this process
-        return Built(entry if entry is not None else aug, batch)
+        return Built(entry if entry is not None else aug, batch, notes)

@@ -8,6 +8,8 @@ from nxrt.errors import InputError
 from nxrt.params import Param
 from nxrt.registry import Method, MethodResult
 
+#: the completeness error above which a result warns (|delta| / |F(x) - F(x')|)
+TOLERANCE = 0.05
 RULES = ("gausslegendre", "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid")
 
 
@@ -47,9 +49,11 @@ class IntegratedGradients(Method):
     """(x - x') * integral of d score / d x along the straight path from the baseline x' to x.
 
     Path points are evaluated in chunks of the batch size. Completeness: the attributions sum to
-    F(x) - F(x') up to the quadrature error; `delta=True` also reports that error per sample,
-    sum(attribution) - (F(x) - F(x')), in `Explanation.extras["delta"]` (Captum's convergence delta;
-    it costs one forward pass at x and x'). Reference: Captum IntegratedGradients (same rule/steps).
+    F(x) - F(x') up to the quadrature error, which `delta=True` (the default) measures per sample:
+    `Explanation.extras["delta"]` = sum(attribution) - (F(x) - F(x')) (Captum's convergence delta)
+    and `extras["delta_relative"]` = |delta| / |F(x) - F(x')|, with a warning when that exceeds
+    5% (raise `steps`). It costs one forward pass at x and x'. Reference: Captum
+    IntegratedGradients (same rule and steps).
     """
 
     name = "integrated_gradients"
@@ -59,7 +63,7 @@ class IntegratedGradients(Method):
         Param("steps", int, 50, "points on the path (riemann rules: at least 2)", minimum=1),
         Param("rule", str, "gausslegendre", "quadrature rule", choices=RULES),
         Param("baseline", "array", 0.0, "the path's start x': a number or an array shaped like x or one sample"),
-        Param("delta", bool, False, "also report the completeness error (one more forward pass)"),
+        Param("delta", bool, True, "report the completeness error, warn above 5% (one more forward pass)"),
     )
 
     def explain(self, ctx, x, target, steps, rule, baseline, delta):
@@ -77,6 +81,13 @@ class IntegratedGradients(Method):
         attribution = (span * total).astype(np.float32)
         if not delta:
             return attribution
-        ends = ctx.forward(np.concatenate([x, base], axis=0))[:, target].sum(axis=1)
-        gap = attribution.reshape(len(x), -1).sum(axis=1, dtype=np.float64) - (ends[:len(x)] - ends[len(x):])
-        return MethodResult(attribution, {"delta": gap.astype(np.float64)})
+        ends = ctx.forward(np.concatenate([x, base], axis=0))[:, target].sum(axis=1).astype(np.float64)
+        change = ends[:len(x)] - ends[len(x):]
+        gap = attribution.reshape(len(x), -1).sum(axis=1, dtype=np.float64) - change
+        relative = np.abs(gap) / np.maximum(np.abs(change), 1e-30)
+        # below float32's resolution of the scores the gap is rounding, not quadrature error
+        noise = 1e-6 * (np.abs(ends[:len(x)]) + np.abs(ends[len(x):]))
+        warnings = [f"the attributions sum to {change[i] + gap[i]:.4g} but F(x) - F(baseline) = {change[i]:.4g} "
+                    f"({relative[i]:.0%} off, above 5%): raise steps (now {steps}), e.g. -p ig.steps={4 * steps}"
+                    for i in range(len(x)) if relative[i] > TOLERANCE and abs(gap[i]) > noise[i]]
+        return MethodResult(attribution, {"delta": gap, "delta_relative": relative}, warnings[:1])

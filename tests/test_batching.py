@@ -73,5 +73,5 @@ def test_knowing_the_scores_costs_no_session_and_each_session_decides_its_batch_
     assert ctx.batch_size == auto_batch_size(nxrt.augment(tiny_classifier())) > 1
     assert ex.stats()["sessions_built"] == 1
     ex.explain(x, "vanilla", target=1)
-    ex.explain(x, "ig", target=1, steps=4)
+    ex.explain(x, "ig", target=1, steps=4, delta=False)
     assert ex.stats()["sessions_built"] == 1  # the same gradient session; no forward session

@@ -102,16 +102,33 @@ def test_integrated_gradients_completeness(case, request):
 
 @pytest.mark.parametrize("case", CASES)
 def test_integrated_gradients_delta_is_captums_convergence_delta(case, request):
-    """delta=True reports sum(attribution) - (F(x) - F(x')) per sample, as Captum's
-    return_convergence_delta does (same rule, steps and baseline)."""
+    """IG reports sum(attribution) - (F(x) - F(x')) per sample (delta=True, the default), as
+    Captum's return_convergence_delta does (same rule, steps and baseline)."""
     model, _, x, ex, _ = request.getfixturevalue(case)
-    e = ex.explain(x, "ig", target=1, steps=16, baseline=0.1, delta=True)
+    e = ex.explain(x, "ig", target=1, steps=16, baseline=0.1)
     ig = captum_attr.IntegratedGradients(model)
     _, want = ig.attribute(_t(x), baselines=0.1, target=1, n_steps=16, method="gausslegendre",
                            return_convergence_delta=True)
     assert e.extras["delta"].shape == (len(x),)
     np.testing.assert_allclose(e.extras["delta"], want.detach().numpy(), rtol=0.02, atol=2e-6)
-    assert "delta" not in ex.explain(x, "ig", target=1, steps=16).extras  # only when asked
+    assert "delta" not in ex.explain(x, "ig", target=1, steps=16, delta=False).extras
+
+
+def test_integrated_gradients_warns_when_its_sum_misses_the_score_change(cls2d):
+    """Two right-Riemann steps miss F(x) - F(0) by far more than 5%: the result says so, with the
+    numbers (checked against the model's own scores at x and at the baseline) and the fix."""
+    _, _, x, ex, _ = cls2d
+    with pytest.warns(nxrt.NxrtWarning, match="raise steps"):
+        e = ex.explain(x[:1], "ig", target=1, steps=2, rule="riemann_right")
+    scores = ex.scores(np.concatenate([x[:1], np.zeros_like(x[:1])]))
+    change = scores[0, 1] - scores[1, 1]
+    gap = float(e.attribution.sum(dtype=np.float64) - change)
+    assert abs(gap) > 0.05 * abs(change)
+    np.testing.assert_allclose(e.extras["delta"][0], gap, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(e.extras["delta_relative"][0], abs(gap) / abs(change), rtol=1e-4)
+    (line,) = e.warnings
+    assert f"F(x) - F(baseline) = {change:.4g}" in line and "-p ig.steps=8" in line
+    assert not ex.explain(x[:1], "ig", target=1, steps=128).warnings  # converged: nothing to say
 
 
 @pytest.mark.parametrize("interpolation, mode", [("linear", None), ("nearest", "nearest")])

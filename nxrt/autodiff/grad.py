@@ -15,7 +15,7 @@ import onnx
 
 from ..errors import ModelError
 from ..graph import Builder, GraphInfo
-from ..ops import GUIDABLE_OPS
+from ..ops import GUIDABLE_OPS, PIECEWISE_CONSTANT_OPS, SHAPE_ONLY_OPS, node_label
 from .rules import GUIDED_RULES, RULES, ZERO_GRAD_OPS, Rule
 
 #: every node the traversal emits is named with this prefix (the memory estimate in engine.py
@@ -56,6 +56,28 @@ def _differentiable_nodes(graph: onnx.GraphProto, info: GraphInfo, score: str,
     return nodes, active
 
 
+def zero_gradient_nodes(graph: onnx.GraphProto, score: str, wrt: Sequence[str],
+                        skip_prefix: str = "nxrt_head") -> list[onnx.NodeProto]:
+    """Piecewise-constant nodes (Round, Floor, comparisons, ...) that take values computed from
+    `wrt` and pass them on to the score: the gradient along such a path is zero almost everywhere,
+    so the attribution silently misses whatever the model computes through them. A Where's
+    condition and shape-only inputs carry no value on and are not counted; nodes named with
+    `skip_prefix` (the score head's own argmax for region="predicted", held constant on purpose)
+    neither."""
+    reached = set(wrt)
+    for node in graph.node:
+        if any(i in reached for i in node.input if i):
+            reached.update(o for o in node.output if o)
+    feeds_score = {score}
+    for node in reversed(graph.node):
+        if not any(o in feeds_score for o in node.output) or node.op_type in SHAPE_ONLY_OPS:
+            continue
+        inputs = node.input[1:] if node.op_type == "Where" else node.input
+        feeds_score.update(i for i in inputs if i)
+    return [n for n in graph.node if n.op_type in PIECEWISE_CONSTANT_OPS and not n.name.startswith(skip_prefix)
+            and any(i in reached for i in n.input) and any(o in feeds_score for o in n.output)]
+
+
 def check_supported(nodes: Iterable[onnx.NodeProto], table: dict[str, Rule]) -> None:
     """Raise one ModelError listing every op type without a rule, with its node names."""
     missing: dict[str, list[str]] = defaultdict(list)
@@ -67,6 +89,11 @@ def check_supported(nodes: Iterable[onnx.NodeProto], table: dict[str, Rule]) -> 
                  for op, names in sorted(missing.items())]
         raise ModelError("cannot differentiate the model: unsupported op type(s) on the gradient path: "
                          + "; ".join(parts) + ". Re-export without them or open an issue with the model")
+
+
+def _listed(nodes: Sequence[onnx.NodeProto], most: int = 4) -> str:
+    more = f" and {len(nodes) - most} more" if len(nodes) > most else ""
+    return ", ".join(node_label(n) for n in nodes[:most]) + more
 
 
 def rule_table(guided: bool, guided_ops: Sequence[str] = ("Relu",)) -> dict[str, Rule]:
@@ -95,6 +122,12 @@ def add_gradients(model: onnx.ModelProto, score: str, seed: str, wrt: Sequence[s
     table = rule_table(guided, guided_ops)
     nodes, active = _differentiable_nodes(graph, info, score, wrt)
     check_supported(nodes, table)
+    blocked = zero_gradient_nodes(graph, score, wrt)
+    cut_off = [t for t in wrt if t not in active]
+    if blocked and cut_off:
+        raise ModelError(f"no gradient reaches '{cut_off[0]}': every path from it to the score passes through "
+                         f"piecewise-constant ops ({_listed(blocked)}), whose gradient is zero almost everywhere; "
+                         "explain the model without them (e.g. before quantisation) or use occlusion (no gradient)")
     ctx = DiffContext(model, info, active)
     contributions: dict[str, list[str]] = defaultdict(list)
     contributions[score].append(seed)

@@ -10,12 +10,13 @@ NIfTI files on a background thread while the next method runs.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, NxrtWarning
 from ..explanation import Explanation
 from ..postprocess import channel_argmax, channel_magnitude, display_scale
 from ..region import to_model_grid
@@ -67,7 +68,7 @@ class CaseResult:
 def explain_case(explainer, case: Case, methods: Sequence[str], target=None, region=None,
                  params: dict | None = None, slice_spec: str | None = None, progress=None,
                  on_ready: Callable[[str, CaseResult, str | None], None] | None = None,
-                 load_seconds: float = 0.0) -> CaseResult:
+                 load_seconds: float = 0.0, warn: Callable[[str], None] | None = None) -> CaseResult:
     """Explain `case` with every method; returns the CaseResult (writes nothing).
 
     params: {method: {param: value}} (aliases accepted). region: None, "predicted", a
@@ -76,7 +77,8 @@ def explain_case(explainer, case: Case, methods: Sequence[str], target=None, reg
     in a 3D case (`inputs.choose_slab`). progress(method): called before each method. on_ready(event,
     result, name): called with "prediction" once the labels exist, and "method" (with its name)
     after each method. load_seconds: the caller's time reading the case, reported with the
-    preprocessing.
+    preprocessing. warn(line): told each warning of a method's result ("<case>: <method>: ..."),
+    which summary.json also records under the method's "warnings".
     """
     methods = canonical(methods)
     params = {canonical([k])[0]: v for k, v in (params or {}).items()}
@@ -97,7 +99,9 @@ def explain_case(explainer, case: Case, methods: Sequence[str], target=None, reg
         if progress:
             progress(method)
         t = time.perf_counter()
-        e = explainer.explain(x, method, target=target, region=region, **params.get(method, {}))
+        with warnings.catch_warnings():  # they are in the Explanation, and said through `warn`
+            warnings.simplefilter("ignore", NxrtWarning)
+            e = explainer.explain(x, method, target=target, region=region, **params.get(method, {}))
         return e, time.perf_counter() - t
 
     # The first method runs before the prediction: when its passes evaluate the model at x itself
@@ -140,6 +144,9 @@ def explain_case(explainer, case: Case, methods: Sequence[str], target=None, reg
         maps.entry["write_seconds"] = round(time.perf_counter() - t, 4)
         result.methods[maps.name] = maps
         summary["methods"][maps.name] = maps.entry
+        for line in e.warnings:
+            if warn:
+                warn(f"{case.name}: {e.method}: {line}")
         if on_ready:
             on_ready("method", result, maps.name)
     result.figure = stats.figure_inputs(result)
@@ -199,6 +206,11 @@ class _CaseStats:
                  [round(float(v), 3) for v in (self.case.affine @ np.append(ijk + self.origin, 1.0))[:3]]}
         if e.layer is not None:
             entry["layer"] = e.layer
+        for key in ("delta", "delta_relative"):  # IG's completeness error
+            if key in e.extras:
+                entry[key] = float(np.asarray(e.extras[key]).reshape(-1)[0])
+        if e.warnings:
+            entry["warnings"] = list(e.warnings)
         total = float(magnitude.sum(dtype=np.float64))
         if self.pred_mask is not None and total > 0:
             entry["share_in_predicted_tumour"] = float(magnitude[self.pred_mask].sum(dtype=np.float64) / total)
