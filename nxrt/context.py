@@ -107,12 +107,26 @@ class Context:
         """Grad-CAM candidates: every Conv/ConvTranspose output, in graph order."""
         return conv_outputs(self._model.proto)
 
+    def default_layer(self) -> str:
+        """Grad-CAM's default layer: the deepest Conv/ConvTranspose output with more channels than
+        the model output has (classes, or a segmenter's output channels) — never a segmenter's final
+        1x1 logits Conv, whose "feature maps" are the prediction itself; the last Conv when none has
+        more (or their channel counts are unknown)."""
+        convs = self.layers()
+        if not convs:
+            raise InputError("the model has no Conv layer; give layer=<tensor or node name>")
+        info = self._model.info
+        for tensor in reversed(convs):
+            shape = info.shape(tensor)
+            if shape:
+                channels = shape[channel_axis(info, tensor, self.layout) % len(shape)]
+                if isinstance(channels, int) and channels > self.num_scores:
+                    return tensor
+        return convs[-1]
+
     def resolve_layer(self, layer: str | None) -> str:
         if layer is None:
-            convs = self.layers()
-            if not convs:
-                raise InputError("the model has no Conv layer; give layer=<tensor or node name>")
-            return convs[-1]
+            return self.default_layer()
         try:
             return passes.resolve_tensor(self._model.proto, layer)
         except InputError:

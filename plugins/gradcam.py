@@ -9,7 +9,8 @@ from nxrt.params import Param
 from nxrt.registry import Method, MethodResult
 
 INTERPOLATIONS = ("linear", "nearest")
-LAYER = Param("layer", str, None, "ONNX tensor or node name (default: the last Conv output)")
+LAYER = Param("layer", str, None, "ONNX tensor or node name (default: the deepest Conv output with more "
+              "channels than the model output)")
 INTERPOLATION = Param("interpolation", str, "linear", "how the map is resampled to the input grid",
                       choices=INTERPOLATIONS)
 
@@ -43,7 +44,7 @@ class _LayerCAM(Method):
 class GradCAM(_LayerCAM):
     """Grad-CAM (Selvaraju et al. 2017) at one layer, resampled to the input grid.
 
-    layer: an ONNX tensor or node name (default: the last Conv output). interpolation: 'linear'
+    layer: an ONNX tensor or node name (default: `Context.default_layer`). interpolation: 'linear'
     (bi/trilinear, align_corners=False) or 'nearest'. Returns the input shape with a channel axis of
     size 1. Reference: Captum LayerGradCam(relu_attributions=True) + LayerAttribution.interpolate.
     """
@@ -123,7 +124,7 @@ class LayerSweep(Method):
 class ActivationMaps(Method):
     """The activation of every filter (channel) of one layer, resampled to the input grid.
 
-    layer: tensor or node name (default the last Conv output); filters: channel indices (default
+    layer: tensor or node name (default as gradcam); filters: channel indices (default
     all). Returns the filters in place of the channel axis.
     """
 

@@ -138,3 +138,29 @@ def seg_with_round(path):
                              helper.make_node("Add", ["pre", "rounded"], [out], name="add")])
     onnx.save_model(model, str(path))
     return path
+
+
+def two_conv_segmenter(final_channels: int) -> onnx.ModelProto:
+    """Conv 4->8 (k3) -> Relu -> Conv 8->final (1x1 logits), 8^3."""
+    w1 = numpy_helper.from_array(RNG.standard_normal((8, 4, 3, 3, 3)).astype(np.float32) * 0.3, "W1")
+    w2 = numpy_helper.from_array(RNG.standard_normal((final_channels, 8, 1, 1, 1)).astype(np.float32), "W2")
+    nodes = [helper.make_node("Conv", ["x", "W1"], ["features"], pads=[1] * 6, name="conv1"),
+             helper.make_node("Relu", ["features"], ["r"], name="relu"),
+             helper.make_node("Conv", ["r", "W2"], ["logits"], name="head")]
+    graph = helper.make_graph(nodes, "seg", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 8, 8, 8])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT,
+                                                             ["N", final_channels, 8, 8, 8])], [w1, w2])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+@pytest.mark.parametrize("final_channels, want", [(3, "features"), (8, "logits"), (12, "logits")])
+def test_gradcam_default_layer_is_never_a_segmenters_logits_conv(final_channels, want):
+    """The deepest Conv with more channels than the output: the 8-channel features, not the 3-channel
+    logits; when no Conv has more channels than the output, the last Conv."""
+    ex = nxrt.Explainer(two_conv_segmenter(final_channels), task="segmentation")
+    x = RNG.standard_normal((1, 4, 8, 8, 8)).astype(np.float32)
+    e = ex.explain(x, "gradcam")
+    assert e.layer == want
+    np.testing.assert_array_equal(e.attribution, ex.explain(x, "gradcam", layer=want).attribution)

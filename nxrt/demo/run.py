@@ -74,7 +74,8 @@ def run_demo(out: Path, overwrite: bool = False) -> dict[str, Path]:
             def progress(method):
                 click.echo(f"  {method} ...", err=True)
 
-            request = CaseRequest(list(METHODS[name]), params=METHODS[name], overwrite=overwrite)
+            request = CaseRequest(list(METHODS[name]), params=METHODS[name], overwrite=overwrite,
+                                  warn=lambda line: click.echo(f"nxrt: warning: {line}", err=True))
             summary = CaseJob(ex, out / name, request).explain(case, progress)().summary
         results[name] = out / name / CASE
         _report(name, summary)
