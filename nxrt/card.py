@@ -81,6 +81,46 @@ class ModelCard:
         return model
 
 
+def check_card(card: ModelCard, task: str, layout, input_shape: tuple, output_shape: tuple | None,
+               output: str = "the output", where: str = "the model card") -> None:
+    """The card (and the task/layout in force) against the model's own shapes; one ModelError
+    line per mismatch found first, naming the key and how to fix it. Dims that are not static
+    are not checked. input_shape/output_shape: batch axis first."""
+    from .layout import Layout
+
+    layout = Layout.of(layout)
+    out_rank = len(output_shape) if output_shape else None
+    fix = "fix it with `nxrt card MODEL --set ...` or the matching flag"
+    if task == "classification" and out_rank and out_rank > 2:
+        spatial = layout.spatial_shape(output_shape)
+        if not all(d == 1 for d in spatial):
+            raise ModelError(f"task=classification, but {output} has shape {_dims(output_shape)}, with spatial axes: "
+                             "it is a segmentation output; use task=segmentation (--task segmentation, or nxrt card "
+                             "MODEL --set task=segmentation)")
+    if task == "segmentation" and out_rank is not None and out_rank < 3:
+        raise ModelError(f"task=segmentation, but {output} has shape {_dims(output_shape)}, without spatial axes: "
+                         "use task=classification")
+    if output_shape and out_rank and card.labels:
+        n = output_shape[1] if task == "classification" and out_rank == 2 else layout.channels(output_shape)
+        if isinstance(n, int) and n != len(card.labels):
+            raise ModelError(f"{where}: nxrt.labels names {len(card.labels)} ({','.join(card.labels)}) but {output} "
+                             f"has {n} {'classes' if task == 'classification' else 'channels'}; {fix}")
+    if input_shape and len(input_shape) >= 3:
+        c = layout.channels(input_shape)
+        if card.channels and isinstance(c, int) and c != len(card.channels):
+            raise ModelError(f"{where}: nxrt.channels names {len(card.channels)} ({','.join(card.channels)}) but the "
+                             f"model input has {c} channel(s) in {layout} layout; {fix}")
+        spatial = layout.spatial_shape(input_shape)
+        if card.spatial_shape and all(isinstance(d, int) and d > 0 for d in spatial) and \
+                list(spatial) != list(card.spatial_shape):
+            raise ModelError(f"{where}: nxrt.spatial_shape {','.join(map(str, card.spatial_shape))} differs from the "
+                             f"model input's static spatial shape {','.join(map(str, spatial))}; {fix}")
+
+
+def _dims(shape) -> str:
+    return "[" + ", ".join(str(d) if isinstance(d, int) else "?" for d in shape) + "]"
+
+
 def _choice(key: str, value: str, allowed) -> str:
     if value not in allowed:
         raise ModelError(f"nxrt.{key}: '{value}' is not one of {', '.join(allowed)}")

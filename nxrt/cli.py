@@ -216,6 +216,7 @@ def card(model: Path, assignments) -> None:
                 raise InputError(f"--set '{a}' must be KEY=VALUE, e.g. --set task=segmentation")
             key, value = a.split("=", 1)
             mc.set(key.strip(), value)
+        _check_card_fits(mc, proto, model)
         import onnx
 
         external = any(t.data_location == onnx.TensorProto.EXTERNAL
@@ -226,6 +227,38 @@ def card(model: Path, assignments) -> None:
         click.echo(f"{model}: no nxrt card (set one with --set task=... --set layout=...)")
     for key, value in props.items():
         click.echo(f"{key} = {value}")
+
+
+def _check_card_fits(mc, proto, model: Path) -> None:
+    """A card edit is written only if it fits the model (task vs output rank, labels vs outputs,
+    channels vs input channels, spatial shape vs a static input)."""
+    from . import passes
+    from .card import check_card
+    from .graph import GraphInfo
+
+    info = GraphInfo.of(proto)
+    inputs = passes.model_inputs(proto)
+    out = proto.graph.output[0].name
+    task = mc.task or passes.default_score_spec(proto).task
+    layout = mc.layout or passes.infer_layout(proto, info)
+    check_card(mc, task, layout, info.shape(inputs[0].name) if inputs else (), info.shape(out), f"output '{out}'",
+               f"{model}")
+
+
+def _default_layer(m) -> str | None:
+    """Grad-CAM's default layer as `explain` would choose it (ops.default_layer)."""
+    from . import passes
+    from .errors import NxrtError
+    from .ops import default_layer
+
+    try:
+        spec = passes.default_score_spec(m.proto)
+    except NxrtError:
+        return default_layer(m.info, m.proto, passes.infer_layout(m.proto, m.info), None)
+    shape = m.info.shape(m.proto.graph.output[0].name) or ()
+    outputs = shape[1] if spec.task == "classification" and len(shape) == 2 else \
+        spec.layout.channels(shape) if len(shape) >= 3 else None
+    return default_layer(m.info, m.proto, spec.layout, outputs if isinstance(outputs, int) else None)
 
 
 @main.command()
@@ -255,7 +288,7 @@ def inspect(model: Path) -> None:
         click.echo("random ops (refused: the model was exported in training mode): " +
                    ", ".join(f"{o} x{n}" for o, n in cover.random.items()))
     layers = m.conv_layers()
-    click.echo(f"Grad-CAM layers ({len(layers)}; default the last): " + ", ".join(layers[-6:]) +
+    click.echo(f"Grad-CAM layers ({len(layers)}; default {_default_layer(m) or 'none'}): " + ", ".join(layers[-6:]) +
                (f" (+{len(layers) - 6} earlier)" if len(layers) > 6 else ""))
 
 

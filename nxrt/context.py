@@ -23,7 +23,7 @@ import numpy as np
 from . import passes
 from .engine import PooledSession, batches
 from .errors import InputError
-from .ops import channel_axis, conv_outputs
+from .ops import channel_axis, conv_outputs, default_layer
 from .passes import SCORES, SEED, grad_name
 from .postprocess import resize
 from .region import FEED, Region
@@ -108,21 +108,12 @@ class Context:
         return conv_outputs(self._model.proto)
 
     def default_layer(self) -> str:
-        """Grad-CAM's default layer: the deepest Conv/ConvTranspose output with more channels than
-        the model output has (classes, or a segmenter's output channels) — never a segmenter's final
-        1x1 logits Conv, whose "feature maps" are the prediction itself; the last Conv when none has
-        more (or their channel counts are unknown)."""
-        convs = self.layers()
-        if not convs:
+        """Grad-CAM's default layer (ops.default_layer): the deepest Conv with more channels than
+        the model output, so never a segmenter's final logits Conv."""
+        layer = default_layer(self._model.info, self._model.proto, self.layout, self.num_scores)
+        if layer is None:
             raise InputError("the model has no Conv layer; give layer=<tensor or node name>")
-        info = self._model.info
-        for tensor in reversed(convs):
-            shape = info.shape(tensor)
-            if shape:
-                channels = shape[channel_axis(info, tensor, self.layout) % len(shape)]
-                if isinstance(channels, int) and channels > self.num_scores:
-                    return tensor
-        return convs[-1]
+        return layer
 
     def resolve_layer(self, layer: str | None) -> str:
         if layer is None:

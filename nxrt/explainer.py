@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 
 from . import passes
-from .card import ModelCard
+from .card import ModelCard, check_card
 from .context import Context
 from .engine import SessionPool, batches
 from .errors import InputError, ModelError, NxrtWarning
@@ -90,6 +90,9 @@ class Explainer:
             raise InputError(f"score '{score}' is not one of output, logits")
         self.spec = passes.default_score_spec(self.model.proto, task=task, layout=layout, output=output,
                                               logits=score == "logits")
+        check_card(self.card, self.spec.task, self.spec.layout, self.model.input_shape,
+                   self.model.info.shape(self.output_name), f"output '{self.output_name}'",
+                   self.model.source or "the model card")
         if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
                                        or batch_size < 1):
             raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")

@@ -146,3 +146,18 @@ def coverage(model: onnx.ModelProto) -> Coverage:
 def conv_outputs(model: onnx.ModelProto) -> list[str]:
     """Output tensors of every Conv/ConvTranspose node, in graph order (Grad-CAM candidates)."""
     return [n.output[0] for n in model.graph.node if n.op_type in CONV_OPS]
+
+
+def default_layer(info: GraphInfo, model: onnx.ModelProto, layout: Layout, outputs: int | None) -> str | None:
+    """Grad-CAM's default layer: the deepest Conv/ConvTranspose output with more channels than the
+    model output has (`outputs`: classes, or a segmenter's output channels) — never a segmenter's
+    final 1x1 logits Conv, whose "feature maps" are the prediction itself; the last Conv when none
+    has more (or the counts are unknown); None without any Conv."""
+    convs = conv_outputs(model)
+    for tensor in reversed(convs if isinstance(outputs, int) else []):
+        shape = info.shape(tensor)
+        if shape:
+            channels = shape[channel_axis(info, tensor, layout) % len(shape)]
+            if isinstance(channels, int) and channels > outputs:
+                return tensor
+    return convs[-1] if convs else None

@@ -45,7 +45,7 @@ def test_inspect_reports_io_card_ops_and_layers(tmp_path):
     out = res.stdout
     assert "input   x ['N', 3, 8, 8]" in out and "output  prob ['N', 2]" in out
     assert "Conv x1" in out and "ops without a rule: Det x1" in out
-    assert "Grad-CAM layers (1; default the last): c" in out
+    assert "Grad-CAM layers (1; default c): c" in out
 
 
 def test_layers_figure(tmp_path):
@@ -91,3 +91,37 @@ def test_unknown_output_rank_asks_for_task(tmp_path, shape):
     onnx.save_model(model, str(path))
     res = run_cli("augment", path, "-o", tmp_path / "o.onnx")
     assert res.returncode == 2 and "--task" in res.stderr
+
+
+@pytest.mark.parametrize("setting, words", [
+    ("labels=a,b,c", "nxrt.labels names 3 (a,b,c) but output 'prob' has 2 classes"),
+    ("channels=t1,t2", "nxrt.channels names 2 (t1,t2) but the model input has 3 channel(s)"),
+    ("spatial_shape=9,9", "nxrt.spatial_shape 9,9 differs from the model input's static spatial shape 8,8"),
+    ("task=segmentation", "task=segmentation, but output 'prob' has shape [?, 2], without spatial axes"),
+])
+def test_card_edits_that_do_not_fit_the_model_are_refused(tmp_path, setting, words):
+    path = tmp_path / "m.onnx"
+    onnx.save_model(tiny_classifier(), str(path))
+    before = path.read_bytes()
+    res = run_cli("card", path, "--set", setting)
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and len(lines) == 1 and words in lines[0], res.stderr
+    assert path.read_bytes() == before  # nothing written
+
+
+def test_a_card_or_flag_that_contradicts_the_model_is_one_line(tmp_path):
+    import nxrt
+
+    model = tiny_classifier()
+    ModelCard(labels=["a", "b", "c"]).write(model)
+    with pytest.raises(nxrt.ModelError, match="nxrt.labels names 3"):
+        nxrt.Explainer(model)
+    seg = seg_model(tmp_path / "seg.onnx")
+    with pytest.raises(nxrt.ModelError, match=r"task=classification, but output 'output' has shape \[\?, 3, 16, 16, "
+                                              r"16\], with spatial axes: it is a segmentation output"):
+        nxrt.Explainer(seg, task="classification")
+    write_case(tmp_path / "c", "c")
+    res = run_cli("explain", seg, tmp_path / "c", "--task", "classification", "-o", tmp_path / "out")
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and len(lines) == 1 and "it is a segmentation output" in lines[0], res.stderr
+    assert not (tmp_path / "out" / "c").exists()
