@@ -349,11 +349,14 @@ class Built:
     graph: onnx.ModelProto | Path
     batch_size: int
     notes: tuple[str, ...] = ()  # what every result of this session must say (Explanation.warnings)
+    fixed_batch: int | None = None  # the graph takes exactly this many samples per run
 
 
 @dataclass(frozen=True)
 class PooledSession:
-    """A session of the pool, with the batch size decided once, when it was built."""
+    """A session of the pool, with the batch size decided once, when it was built. A session whose
+    graph takes a fixed batch (`fixed_batch`) pads a shorter run to it and drops the padding from
+    every output: callers give it at most `batch_size` samples, like any other."""
 
     session: Session
     batch_size: int
@@ -361,9 +364,24 @@ class PooledSession:
     outputs: frozenset[str]
     layers: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
+    fixed_batch: int | None = None
+    batched: frozenset[str] = frozenset()  # the inputs with a batch axis (padded when fixed)
 
     def run(self, names: Sequence[str], feeds: dict) -> list[np.ndarray]:
-        return self.session.run(list(names), {k: v for k, v in feeds.items() if k in self.inputs})
+        feeds = {k: v for k, v in feeds.items() if k in self.inputs}
+        n = next((feeds[k].shape[0] for k in feeds if k in self.batched), None)
+        if self.fixed_batch is None or n is None or n == self.fixed_batch:
+            return self.session.run(list(names), feeds)
+        if n > self.fixed_batch:
+            raise ValueError(f"{n} samples given to a session that takes {self.fixed_batch}")
+        for k in self.batched & set(feeds):  # zero rows (and zero score seeds: they add nothing)
+            v = feeds[k]
+            feeds[k] = np.concatenate([v, np.zeros((self.fixed_batch - n, *v.shape[1:]), v.dtype)], axis=0)
+        return [out[:n] for out in self.session.run(list(names), feeds)]
+
+
+#: inputs of nxrt's graphs without a batch axis of their own (the region mask broadcasts)
+NOT_BATCHED = frozenset({"nxrt_region"})
 
 
 def batches(count: int, size: int) -> Iterator[slice]:
@@ -408,9 +426,11 @@ class SessionPool:
         t0 = time.perf_counter()
         built = build({**options, "layers": list(want)} if layers else dict(options))
         session = make_session(built.graph, self.providers, self.threads, static_shapes=True)
-        pooled = PooledSession(session, self.batch_size or built.batch_size,
-                               frozenset(i.name for i in session.get_inputs()),
-                               frozenset(o.name for o in session.get_outputs()), want, built.notes)
+        inputs = session.get_inputs()
+        pooled = PooledSession(session, built.fixed_batch or self.batch_size or built.batch_size,
+                               frozenset(i.name for i in inputs), frozenset(o.name for o in session.get_outputs()),
+                               want, built.notes, built.fixed_batch,
+                               frozenset(i.name for i in inputs if i.name not in NOT_BATCHED))
         for key in [k for k in self._sessions if k[0] == base and set(k[1]) <= set(want)]:
             del self._sessions[key]
         self._sessions[(base, want)] = pooled

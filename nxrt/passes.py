@@ -259,13 +259,21 @@ def score_model(model: str | os.PathLike | onnx.ModelProto, score: ScoreSpec, fo
     return _finalise(work, exposed + [SCORES])
 
 
+def exported_batch(model: onnx.ModelProto, input_name: str) -> int | None:
+    """The static batch size the model's input was exported with (None: a dynamic batch axis)."""
+    vi = next(i for i in model.graph.input if i.name == input_name)
+    dims = vi.type.tensor_type.shape.dim
+    return int(dims[0].dim_value) if dims and dims[0].HasField("dim_value") and dims[0].dim_value > 0 else None
+
+
 def fix_input_shape(model: onnx.ModelProto, input_name: str, sample_shape: Sequence[int],
-                    weights: bool = True) -> onnx.ModelProto:
+                    weights: bool = True, batch: int | None = None) -> onnx.ModelProto:
     """A copy of the model with its input's non-batch dims fixed to one sample's shape (static
-    shapes let every rule and onnxruntime's planner work); the batch axis becomes symbolic "N".
-    A model exported for a static batch of 1 also gets its batch-1 Reshapes freed
-    (`free_batch_reshapes`). weights=False: the weight-free skeleton (graph.weight_free), for
-    shape questions only."""
+    shapes let every rule and onnxruntime's planner work). The batch axis becomes symbolic "N";
+    a model exported for a static batch B also gets the Reshapes that baked B in freed
+    (`free_batch_reshapes`). batch=B keeps a static batch instead (for exports whose batch is baked
+    in elsewhere too; the engine then runs B samples at a time, padding). weights=False: the
+    weight-free skeleton (graph.weight_free), for shape questions only."""
     if weights:
         proto = onnx.ModelProto()
         proto.CopyFrom(model)
@@ -275,25 +283,29 @@ def fix_input_shape(model: onnx.ModelProto, input_name: str, sample_shape: Seque
     dims = vi.type.tensor_type.shape.dim
     if not dims:
         return proto
-    exported_for_one = dims[0].HasField("dim_value") and dims[0].dim_value == 1
+    exported = exported_batch(proto, input_name)
     dims[0].Clear()
-    dims[0].dim_param = "N"
+    if batch is not None:
+        dims[0].dim_value = int(batch)
+    else:
+        dims[0].dim_param = "N"
     for d, n in zip(dims[1:], sample_shape, strict=True):
         d.Clear()
         d.dim_value = int(n)
     for out in proto.graph.output:  # declared output shapes are re-inferred from the fixed input
         out.type.tensor_type.ClearField("shape")
-    if exported_for_one:  # a static batch of 1 may be baked into Reshapes too
-        free_batch_reshapes(proto, "N")
+    if exported is not None and batch is None:  # the static batch may be baked into Reshapes too
+        free_batch_reshapes(proto, "N", exported)
     return proto
 
 
-def free_batch_reshapes(model: onnx.ModelProto, batch: str) -> int:
-    """Let a model exported for batch 1 run any batch: Reshapes whose constant target shape starts
-    with 1 while their input's first axis is the (now symbolic) batch axis get 0 there instead
-    ("copy this dimension"). Exporters bake `x.view(x.size(0), -1)` in as Reshape(x, [1, -1]) when
-    the batch axis is static (MONAI's and torchvision's ResNets do); at batch 4 that would fold the
-    batch into the features and the next Gemm fails. In place; returns how many were changed."""
+def free_batch_reshapes(model: onnx.ModelProto, batch: str, exported: int = 1) -> int:
+    """Let a model exported for a static batch run any batch: Reshapes whose constant target shape
+    starts with the exported batch while their input's first axis is the (now symbolic) batch axis
+    get 0 there instead ("copy this dimension"). Exporters bake `x.view(x.size(0), -1)` in as
+    Reshape(x, [B, -1]) when the batch axis is static (MONAI's and torchvision's ResNets do, and
+    torch's dynamo exporter for any fixed batch); at another batch that would fold the batch into
+    the features and the next Gemm fails. In place; returns how many were changed."""
     info = GraphInfo.of(model)
     changed = 0
     for node in model.graph.node:
@@ -303,7 +315,7 @@ def free_batch_reshapes(model: onnx.ModelProto, batch: str) -> int:
             continue
         target = info.const(node.input[1])
         data_shape = info.shape(node.input[0])
-        if target is None or target.ndim != 1 or not target.size or int(target[0]) != 1 or \
+        if target is None or target.ndim != 1 or not target.size or int(target[0]) != exported or \
                 not data_shape or data_shape[0] != batch:
             continue
         fixed = np.array(target, dtype=np.int64)

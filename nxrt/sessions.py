@@ -28,13 +28,34 @@ class ModelSessions:
         self.spec = spec
         self.pool = pool
         self._num_scores: dict[tuple, int] = {}
+        self._batch_mode: dict[tuple, int | None] = {}
         self.graphs_built = 0  # augmented graphs built here (not served by the disk cache)
 
     def _spec(self, region_kind: str | None) -> passes.ScoreSpec:
         return replace(self.spec, region=region_kind)
 
     def _fixed(self, sample_shape: tuple, weights: bool = True):
-        return passes.fix_input_shape(self.model.proto, self.model.input_name, sample_shape, weights=weights)
+        return passes.fix_input_shape(self.model.proto, self.model.input_name, sample_shape, weights=weights,
+                                      batch=self.fixed_batch(sample_shape))
+
+    def fixed_batch(self, sample_shape: tuple) -> int | None:
+        """None when the model runs any batch (a dynamic batch axis, or a static one nxrt could free:
+        `passes.free_batch_reshapes`); else the export's static batch B, which is then kept, and the
+        sessions run B samples at a time (a short last chunk padded). Decided once per sample shape
+        from shape inference on the weight-free skeleton: the batch is free when the scores' batch
+        axis stays symbolic."""
+        key = tuple(sample_shape)
+        if key not in self._batch_mode:
+            exported = passes.exported_batch(self.model.proto, self.model.input_name)
+            mode = None
+            if exported is not None:
+                relaxed = passes.fix_input_shape(self.model.proto, self.model.input_name, sample_shape, weights=False)
+                scored = passes.score_model(relaxed, self._spec(None), fold=False)
+                shape = next(dims_of(o) for o in scored.graph.output if o.name == passes.SCORES)
+                if not shape or isinstance(shape[0], int):
+                    mode = exported
+            self._batch_mode[key] = mode
+        return self._batch_mode[key]
 
     def num_scores(self, sample_shape: tuple, region_kind: str | None) -> int:
         """K, the number of scores, from the score head's inferred shape (a forward session would
@@ -56,7 +77,7 @@ class ModelSessions:
             model = passes.score_model(self._fixed(sample_shape), spec)
             # the estimate counts a forward's largest tensors only; onnxruntime's forward plan holds
             # more at once, so a third of it (the same guess the gradient graph refines for itself)
-            return Built(model, max(1, auto_batch_size(model) // 3))
+            return Built(model, max(1, auto_batch_size(model) // 3), fixed_batch=options["batch"])
 
         return self.pool.get(self.model.digest, self._options("forward", sample_shape, spec), build)
 
@@ -75,7 +96,8 @@ class ModelSessions:
         return self.pool.get(self.model.digest, options, lambda o: self._augmented(sample_shape, spec, o))
 
     def _options(self, kind: str, sample_shape: tuple, spec: passes.ScoreSpec) -> dict:
-        return {"kind": kind, "sample_shape": [int(d) for d in sample_shape], "score": list(spec.key())}
+        return {"kind": kind, "sample_shape": [int(d) for d in sample_shape], "score": list(spec.key()),
+                "batch": self.fixed_batch(sample_shape)}
 
     def _augmented(self, sample_shape: tuple, spec: passes.ScoreSpec, options: dict) -> Built:
         def build():
@@ -89,4 +111,4 @@ class ModelSessions:
         notes = (f"the gradient is zero through {blocked} (piecewise constant): what the model computes there "
                  "is missing from the attribution",) if blocked else ()
         # onnxruntime reads a cached entry from its file: no serialised copy is held in this process
-        return Built(entry if entry is not None else aug, batch, notes)
+        return Built(entry if entry is not None else aug, batch, notes, options["batch"])

@@ -75,3 +75,68 @@ def test_knowing_the_scores_costs_no_session_and_each_session_decides_its_batch_
     ex.explain(x, "vanilla", target=1)
     ex.explain(x, "ig", target=1, steps=4, delta=False)
     assert ex.stats()["sessions_built"] == 1  # the same gradient session; no forward session
+
+
+def _cnn3d():
+    import torch.nn as nn
+
+    return nn.Sequential(nn.Conv3d(2, 4, 3, padding=1), nn.ReLU(), nn.Conv3d(4, 8, 3, stride=2, padding=1), nn.ReLU(),
+                         nn.AdaptiveAvgPool3d(1), nn.Flatten(), nn.Linear(8, 3)).eval()
+
+
+@pytest.mark.parametrize("dynamo", [True, False])
+def test_a_model_exported_for_a_fixed_batch_explains_any_number_of_samples(tmp_path, dynamo):
+    """torch exports with a fixed batch of 2 (the dynamo exporter bakes it into a Reshape): 1, 2 and
+    3 samples, each against torch's float64 autograd of the same network."""
+    import torch
+
+    from tests.nets import export_torch
+    from tests.oracles import rel_err
+
+    torch.manual_seed(0)
+    net = _cnn3d()
+    path = export_torch(net, torch.randn(2, 2, 8, 8, 8), tmp_path / "fixed2.onnx", dynamo=dynamo)
+    ex = nxrt.Explainer(path, task="classification")
+    for k in (1, 2, 3):
+        x = np.random.default_rng(k).standard_normal((k, 2, 8, 8, 8)).astype(np.float32)
+        xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+        net.double()(xt)[:, 1].sum().backward()
+        net.float()
+        got = ex.explain(x, "ig", target=1, steps=4).attribution if k == 3 else \
+            ex.explain(x, "vanilla", target=1).attribution
+        if k != 3:
+            assert rel_err(got, xt.grad.numpy()) < 1e-4, k
+    # IG at 3 samples (chunks of 2 path points, padded) equals IG sample by sample
+    single = np.concatenate([ex.explain(x[i:i + 1], "ig", target=1, steps=4).attribution for i in range(3)])
+    np.testing.assert_allclose(got, single, rtol=1e-5, atol=1e-7)
+
+
+def test_a_batch_baked_in_beyond_reshapes_runs_padded_chunks():
+    """A bias stored once per sample ([2, K] initializer, equal rows: an exporter materialising a
+    broadcast) pins the batch at 2 wherever shape inference goes: nxrt keeps the static batch and runs 2 samples at a time, padding a short chunk with
+    zero rows whose seeds are zero. Each sample's gradient equals float64 finite differences."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from tests.oracles import fd_vjp, rel_err
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "W"),
+             numpy_helper.from_array(rng.standard_normal((4, 2)).astype(np.float32), "F"),
+             numpy_helper.from_array(np.tile(rng.standard_normal((1, 2)).astype(np.float32), (2, 1)), "B")]
+    nodes = [helper.make_node("Conv", ["x", "W"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Tanh", ["c"], ["t"]),
+             helper.make_node("GlobalAveragePool", ["t"], ["p"]), helper.make_node("Flatten", ["p"], ["f"]),
+             helper.make_node("MatMul", ["f", "F"], ["m"]), helper.make_node("Add", ["m", "B"], ["y"])]
+    graph = helper.make_graph(nodes, "baked", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 6, 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 2])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    ex = nxrt.Explainer(model, task="classification")
+    x = rng.standard_normal((3, 3, 6, 6)).astype(np.float32)
+    got = ex.explain(x, "vanilla", target=1).attribution
+    assert ex.context(x[:1]).batch_size == 2
+    for i in range(3):
+        pair = np.concatenate([x[i:i + 1], x[i:i + 1]])  # the model takes exactly 2; seed only row 0
+        want = fd_vjp(model, {"x": pair}, ["x"], np.array([[0.0, 1.0], [0.0, 0.0]]))["x"][:1]
+        assert rel_err(got[i:i + 1], want) < 1e-4, i
+    np.testing.assert_allclose(ex.predict(x)[:, 1], [ex.predict(np.concatenate([x[i:i + 1]] * 2))[0, 1]
+                                                     for i in range(3)], rtol=1e-6)
