@@ -25,8 +25,8 @@ import onnx
 from .graph import PROTOBUF_LIMIT, model_bytes, save_model
 
 #: bump when the augmentation output changes, so old entries are not reused
-FORMAT = 4  # 2: an intermediate `output=` tensor is a graph output; 3: keyed by the original model's hash;
-# 4: zero-gradient nodes recorded in the metadata
+FORMAT = 5  # 2: an intermediate `output=` tensor is a graph output; 3: keyed by the original model's hash;
+# 4: zero-gradient nodes recorded in the metadata; 5: a static region-mask input, the activation in the key
 
 
 def cache_dir() -> Path | None:

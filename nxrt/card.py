@@ -11,6 +11,10 @@ from .errors import ModelError
 TASKS = ("classification", "segmentation")
 LAYOUTS = ("channels_first", "channels_last")
 NORMALIZE = ("zscore", "minmax", "none")
+#: what a segmenter's output channels are: softmax (exclusive classes, probabilities or logits:
+#: prediction = argmax), sigmoid (independent per-channel probabilities: p > 0.5), logits
+#: (independent per-channel logits: > 0)
+ACTIVATIONS = ("softmax", "sigmoid", "logits")
 PREFIX = "nxrt."
 
 
@@ -24,6 +28,7 @@ class ModelCard:
     labels: list[str] | None = None
     normalize: str | None = None
     spatial_shape: list[int] | None = None
+    activation: str | None = None
     extra: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -44,6 +49,8 @@ class ModelCard:
             self.layout = _choice(key, value, LAYOUTS)
         elif key == "normalize":
             self.normalize = _choice(key, value, NORMALIZE)
+        elif key == "activation":
+            self.activation = _choice(key, value, ACTIVATIONS)
         elif key in ("channels", "labels"):
             items = [v.strip() for v in value.split(",") if v.strip()]
             setattr(self, key, items or None)
@@ -105,6 +112,9 @@ def check_card(card: ModelCard, task: str, layout, input_shape: tuple, output_sh
         if isinstance(n, int) and n != len(card.labels):
             raise ModelError(f"{where}: nxrt.labels names {len(card.labels)} ({','.join(card.labels)}) but {output} "
                              f"has {n} {'classes' if task == 'classification' else 'channels'}; {fix}")
+    if task == "segmentation" and card.activation == "softmax" and out_rank and layout.channels(output_shape) == 1:
+        raise ModelError(f"{where}: nxrt.activation=softmax but {output} has one channel, whose argmax is always 0 "
+                         "(nothing would ever be predicted); set activation=sigmoid or logits")
     if input_shape and len(input_shape) >= 3:
         c = layout.channels(input_shape)
         if card.channels and isinstance(c, int) and c != len(card.channels):

@@ -37,6 +37,7 @@ class Context:
         self.sample_shape = tuple(sample_shape)
         self.task = sessions.spec.task
         self.layout = sessions.spec.layout
+        self.multilabel = sessions.spec.multilabel  # segmentation channels independent (sigmoid / logits)
         self.output_name = sessions.spec.output or self._model.proto.graph.output[0].name
         self.region = region
         self.rng = rng

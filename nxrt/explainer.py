@@ -232,11 +232,12 @@ def check_input(x, name: str, want: tuple) -> np.ndarray:
 def resolve_target(target, task: str, ctx: Context, x: np.ndarray) -> list[int]:
     """The score indices to explain for the sample x: `target` checked against the number of
     scores, or by default (None) the predicted class (a forward pass at x, which the context keeps
-    when x is its sample) or, for segmentation, every channel but 0."""
+    when x is its sample) or, for segmentation, every foreground channel: all but channel 0 (the
+    background) for softmax channels, all of them for independent (sigmoid / logit) channels."""
     k = ctx.num_scores
     if target is None:
         if task == "segmentation":
-            return list(range(1, k)) if k > 1 else [0]
+            return list(range(1, k)) if k > 1 and not ctx.multilabel else list(range(k))
         return [int(np.argmax(ctx.forward(x)[0]))]
     targets = [target] if np.isscalar(target) else list(target)
     if not targets:

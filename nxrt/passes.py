@@ -62,12 +62,22 @@ class ScoreSpec:
     output: str | None = None
     logits: bool = False
     region: str | None = None
+    activation: str | None = None  # segmentation: softmax / sigmoid / logits (card.ACTIVATIONS)
 
     def __post_init__(self):
         object.__setattr__(self, "layout", Layout.of(self.layout))
 
     def key(self) -> tuple:
-        return (self.task, self.layout.value, self.output, self.logits, self.region)
+        return (self.task, self.layout.value, self.output, self.logits, self.region, self.activation)
+
+    @property
+    def multilabel(self) -> bool:
+        """Segmentation channels are independent (sigmoid or logits): each is thresholded alone."""
+        return self.activation in ("sigmoid", "logits")
+
+    def threshold(self, on_logits: bool = False) -> float:
+        """A multi-label channel's foreground threshold: 0.5 on probabilities, 0 on logits."""
+        return 0.5 if self.activation == "sigmoid" and not on_logits else 0.0
 
 
 def resolve_tensor(model: onnx.ModelProto, name: str) -> str:
@@ -136,7 +146,12 @@ def _score_head(model: onnx.ModelProto, spec: ScoreSpec) -> str:
         if spec.region is None:
             scores = b.reduce("ReduceMean", out, spatial, keepdims=False)
         else:
-            if spec.region == PREDICTED:
+            if spec.region == PREDICTED and spec.multilabel:
+                # each channel over its own foreground (p > 0.5, or logit > 0): a comparison, so it
+                # carries no gradient (mask held constant)
+                above = b.op("Greater", out, b.const(spec.threshold(on_logits=spec.logits)))
+                region = b.op("Cast", above, to=TensorProto.FLOAT)
+            elif spec.region == PREDICTED:
                 # one-hot of the argmax: an integer path, so it carries no gradient (mask held constant)
                 arg = b.op("ArgMax", out, axis=ch, keepdims=1)
                 depth = info.shape(out)[ch]
@@ -146,7 +161,10 @@ def _score_head(model: onnx.ModelProto, spec: ScoreSpec) -> str:
                 region = b.op("Cast", b.op("Equal", arg, classes), to=TensorProto.FLOAT)
             elif spec.region == MASK:
                 region = REGION
-                g.input.append(helper.make_tensor_value_info(REGION, TensorProto.FLOAT, [None] * rank))
+                # batch and channel axes of size 1 (the mask broadcasts over both), the output's spatial dims
+                dims = [d if isinstance(d, int) else None for d in (info.shape(out) or [None] * rank)]
+                dims[0] = dims[ch] = 1
+                g.input.append(helper.make_tensor_value_info(REGION, TensorProto.FLOAT, dims))
             else:
                 raise InputError(f"region '{spec.region}' is not one of None, 'predicted', a mask array")
             inside = b.reduce("ReduceSum", b.op("Mul", out, region), spatial, keepdims=False)
@@ -368,7 +386,25 @@ def default_score_spec(model: onnx.ModelProto, task: str | None = None, layout: 
             raise ModelError(f"cannot tell the task from output '{out}' (unknown rank); pass "
                              "task='classification' or 'segmentation' (CLI: --task)")
     layout = Layout.of(layout) if layout is not None else infer_layout(model, info)
+    if task == "segmentation" and "activation" not in kw:
+        kw["activation"] = card.activation or infer_activation(model, out, layout, info)
     return ScoreSpec(task=task, layout=layout, **kw)
+
+
+def infer_activation(model: onnx.ModelProto, output: str, layout: Layout, info: GraphInfo | None = None) -> str:
+    """What a segmenter's output channels are, from the graph: a final Sigmoid means independent
+    per-channel probabilities ("sigmoid"), a Softmax exclusive classes ("softmax"); with neither, one
+    output channel can only be a logit ("logits") and several are taken as exclusive classes
+    ("softmax", argmax). The card's nxrt.activation overrides this."""
+    producer = next((n for n in model.graph.node if output in n.output), None)
+    if producer is not None and producer.op_type == "Sigmoid":
+        return "sigmoid"
+    if producer is not None and producer.op_type in ("Softmax", "LogSoftmax"):
+        return "softmax"
+    shape = (info or GraphInfo.of(model)).shape(output)
+    if shape and len(shape) >= 3 and layout.channels(shape) == 1:
+        return "logits"
+    return "softmax"
 
 
 def infer_layout(model: onnx.ModelProto, info: GraphInfo | None = None) -> Layout:

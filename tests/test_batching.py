@@ -113,8 +113,9 @@ def test_a_model_exported_for_a_fixed_batch_explains_any_number_of_samples(tmp_p
 
 def test_a_batch_baked_in_beyond_reshapes_runs_padded_chunks():
     """A bias stored once per sample ([2, K] initializer, equal rows: an exporter materialising a
-    broadcast) pins the batch at 2 wherever shape inference goes: nxrt keeps the static batch and runs 2 samples at a time, padding a short chunk with
-    zero rows whose seeds are zero. Each sample's gradient equals float64 finite differences."""
+    broadcast) pins the batch at 2 wherever shape inference goes: nxrt keeps the static batch and
+    runs 2 samples at a time, padding a short chunk with zero rows whose seeds are zero. Each
+    sample's gradient equals float64 finite differences."""
     from onnx import TensorProto, helper, numpy_helper
 
     from tests.oracles import fd_vjp, rel_err

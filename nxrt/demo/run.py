@@ -92,7 +92,7 @@ def _report(name: str, summary: dict) -> None:
         click.echo(f"{name}: {pred['label']} (scores {', '.join(f'{s:.2f}' for s in summary['scores'])}); "
                    "true grade HGG")
     else:
-        voxels = {k: v for k, v in pred["voxels_per_label"].items() if k != 0}
+        voxels = pred.get("voxels_per_channel") or {k: v for k, v in pred["voxels_per_label"].items() if k != 0}
         click.echo(f"{name}: predicted tumour voxels per BraTS label {voxels}; explained score: mean whole-tumour "
                    f"probability {sum(summary['scores'][1:]):.4f}")
     for method, m in summary["methods"].items():

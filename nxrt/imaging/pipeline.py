@@ -160,6 +160,7 @@ class _CaseStats:
     def __init__(self, explainer, case: Case, geometry: Geometry, slab):
         self.case, self.geometry, self.slab = case, geometry, slab
         self.layout = explainer.layout
+        self.spec = explainer.spec
         self.card = explainer.card
         self.task = explainer.task
         self.pred_mask = None  # model space, inside the image (see Geometry.inside)
@@ -174,7 +175,25 @@ class _CaseStats:
         self.origin = np.array(geometry.image_origin(), np.float64)
 
     def predict(self, out: np.ndarray, summary: dict) -> np.ndarray:
-        """Labels of one sample's segmentation output (model space), and the summary's counts."""
+        """Labels of one sample's segmentation output (model space) and the summary's counts.
+        Exclusive (softmax) channels: the argmax, one label map. Independent (sigmoid / logit)
+        channels: each thresholded (p > 0.5, logit > 0); one channel gives a 0/1 map, several a
+        0/1 volume per channel (they may overlap, as BraTS' ET/TC/WT regions do)."""
+        spec = self.spec
+        if spec.multilabel:
+            above = self.layout.to_channels_last(out > spec.threshold(), batch=False)  # [*spatial, C]
+            inside = self.geometry.inside(above)
+            self.pred_mask = inside.any(axis=-1)
+            labels_model = above[..., 0].astype(np.int16) if above.shape[-1] == 1 else above.astype(np.uint8)
+            names = self.card.labels if self.card.labels and len(self.card.labels) == above.shape[-1] else \
+                [str(c) for c in range(above.shape[-1])]
+            rule = "p > 0.5" if spec.activation == "sigmoid" else "logit > 0"
+            summary["prediction"] = {"rule": f"{rule} per channel ({spec.activation})",
+                                     "voxels_per_channel": {n: int(np.count_nonzero(inside[..., c]))
+                                                            for c, n in enumerate(names)},
+                                     "label_names": self.card.labels}
+            self.labels_model = above.any(axis=-1)
+            return labels_model
         labels_model = channel_argmax(out, self.layout.channel_axis(out.ndim, batch=False))
         values = self.card.extra.get("label_values")
         if values:
@@ -186,7 +205,8 @@ class _CaseStats:
         found, counts = np.unique(inside_labels, return_counts=True)
         voxels = {int(v): int(n) for v, n in zip(found, counts, strict=True)}
         voxels[0] = voxels.get(0, 0) + self.image_voxels - inside_labels.size  # the image outside the crop
-        summary["prediction"] = {"voxels_per_label": dict(sorted(voxels.items())), "label_names": self.card.labels}
+        summary["prediction"] = {"rule": "argmax over the channels (softmax)",
+                                 "voxels_per_label": dict(sorted(voxels.items())), "label_names": self.card.labels}
         return labels_model
 
     def maps(self, e: Explanation, sample: np.ndarray, seconds: float) -> MethodMaps:
