@@ -115,6 +115,15 @@ def _warn(line: str) -> None:
     click.echo(f"nxrt: warning: {line}", err=True)
 
 
+def _assumptions(explainer, model) -> list[str]:
+    """What the card leaves open and nxrt assumed, as the one line to say (it is also in
+    summary.json); an empty list when the card says everything."""
+    from .imaging.inputs import assumed_settings, assumption_line
+
+    assumed = assumed_settings(explainer)
+    return [f"nxrt: note: {assumption_line(model, assumed)}"] if assumed else []
+
+
 def _import_nibabel() -> None:
     """(Python's import lock makes a concurrent import of nibabel in the main thread wait for this
     one instead of repeating it.)"""
@@ -181,17 +190,34 @@ def explain(model, cases, methods, targets, out, assignments, channels, region, 
         raise InputError("no CASE given; pass NIfTI files, BraTS case folders or --channel NAME=FILE pairs")
     _check_writable(out)
     ex = Explainer(model, task=task, layout=layout, providers=provider, batch_size=batch_size)
+    items = [("--channel", None)] if channel_files and not cases else [(c, c) for c in cases]
+    cohort = len(items) > 1
+    show = cohort or sys.stderr.isatty()  # one case into a pipe or a log: its error stays the only line
+    # One case says its notes and warnings once it is done (if it fails, its error is the one line);
+    # a cohort says them as they come.
+    held: list[str] = _assumptions(ex, model)
+    if cohort:
+        for line in held:
+            click.echo(line, err=True)
+        held.clear()
+
+    def warn(line: str) -> None:
+        if cohort:
+            _warn(line)
+        else:
+            held.append(f"nxrt: warning: {line}")
+
     request = CaseRequest(methods, target=list(targets) or None, region=regions.from_cli(region), params=params,
                           slice_spec=slice_spec, overwrite=overwrite, resume=resume,
-                          channel_files=channel_files or None, warn=_warn)
-    items = [("--channel", None)] if channel_files and not cases else [(c, c) for c in cases]
-    show = len(items) > 1 or sys.stderr.isatty()  # one case into a pipe or a log: its error stays the only line
+                          channel_files=channel_files or None, warn=warn)
 
     def progress(k, n, name, method, left):
         if show:
             click.echo(f"[{k}/{n}] {name}: {method}" + (f", about {left:.0f} s left" if left else ""), err=True)
 
     report = run_cohort(ex, items, out, request, progress=progress)
+    for line in held:
+        click.echo(line, err=True)
     for line in report.lines():
         click.echo(line)
     if report.exit_code:
@@ -322,6 +348,8 @@ def layers(model, case, out, targets, orientation, slice_spec, overwrite):
         slice_spec = orientation  # a 2D model: --orientation picks the slice's orientation
     x, geometry, slab, lift = model_input(ex, c, slice_spec)
     explanation = ex.explain(x, "layer_sweep", target=list(targets) or None)
+    for line in _assumptions(ex, model):
+        click.echo(line, err=True)
     for line in explanation.warnings:
         _warn(f"{c.name}: layer_sweep: {line}")
     sweep = (lift(explanation.attribution) if lift else explanation.attribution)[0]

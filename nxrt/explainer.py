@@ -90,6 +90,13 @@ class Explainer:
             raise InputError(f"score '{score}' is not one of output, logits")
         self.spec = passes.default_score_spec(self.model.proto, task=task, layout=layout, output=output,
                                               logits=score == "logits")
+        given = {"task": task, "layout": layout}
+        #: what neither the caller nor the card said, so nxrt inferred it from the graph
+        self.assumed = {k: str(getattr(self.spec, k)) for k in ("task", "layout")
+                        if given[k] is None and getattr(self.card, k) is None}
+        if self.spec.task == "segmentation" and self.card.activation is None and \
+                not passes.evident_activation(self.model.proto, self.output_name):
+            self.assumed["activation"] = self.spec.activation
         check_card(self.card, self.spec.task, self.spec.layout, self.model.input_shape,
                    self.model.info.shape(self.output_name), f"output '{self.output_name}'",
                    self.model.source or "the model card")

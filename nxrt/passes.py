@@ -391,6 +391,12 @@ def default_score_spec(model: onnx.ModelProto, task: str | None = None, layout: 
     return ScoreSpec(task=task, layout=layout, **kw)
 
 
+def evident_activation(model: onnx.ModelProto, output: str) -> bool:
+    """Whether the output's producer (Sigmoid, Softmax, LogSoftmax) says what its channels are."""
+    producer = next((n for n in model.graph.node if output in n.output), None)
+    return producer is not None and producer.op_type in ("Sigmoid", "Softmax", "LogSoftmax")
+
+
 def infer_activation(model: onnx.ModelProto, output: str, layout: Layout, info: GraphInfo | None = None) -> str:
     """What a segmenter's output channels are, from the graph: a final Sigmoid means independent
     per-channel probabilities ("sigmoid"), a Softmax exclusive classes ("softmax"); with neither, one

@@ -125,3 +125,62 @@ def test_a_card_or_flag_that_contradicts_the_model_is_one_line(tmp_path):
     lines = res.stderr.strip().splitlines()
     assert res.returncode == 2 and len(lines) == 1 and "it is a segmentation output" in lines[0], res.stderr
     assert not (tmp_path / "out" / "c").exists()
+
+
+def test_what_the_card_leaves_open_is_said_once_and_recorded(tmp_path):
+    """No card at all: one `nxrt: note:` line says what was inferred and assumed and how to fix it,
+    summary.json records it, and the assumption is what ran (no normalisation: the raw map equals
+    the Python API's on the case as stored, cropped)."""
+    import json
+
+    import nibabel as nib
+
+    import nxrt
+    from nxrt.imaging.cases import load_case
+    from nxrt.imaging.preprocess import prepare, to_image_channels_last
+
+    path = seg_model(tmp_path / "seg.onnx")
+    bare = onnx.load(str(path))
+    del bare.metadata_props[:]
+    onnx.save_model(bare, str(path))
+    write_case(tmp_path / "c", "c")
+    res = run_cli("explain", path, tmp_path / "c", "-m", "vanilla", "-o", tmp_path / "out")
+    assert res.returncode == 0, res.stderr
+    notes = [ln for ln in res.stderr.splitlines() if ln.startswith("nxrt: note:")]
+    assert len(notes) == 1, res.stderr
+    for said in ("task=segmentation", "layout=channels_first", "activation=softmax", "normalize=none",
+                 f"nxrt card {path} --set task=segmentation --set layout=channels_first"):
+        assert said in notes[0], notes[0]
+    summary = json.loads((tmp_path / "out" / "c" / "summary.json").read_text())
+    assert summary["assumed"] == {"task": "segmentation", "layout": "channels_first", "activation": "softmax",
+                                  "normalize": "none"}
+    case = load_case(tmp_path / "c")
+    x, geometry = prepare(case.data, MODEL_GRID, "channels_first", "none")
+    want = to_image_channels_last(nxrt.Explainer(path).explain(x, "vanilla").attribution[0], "channels_first",
+                                  geometry)
+    got = np.asarray(nib.load(str(tmp_path / "out" / "c" / "vanilla.nii.gz")).dataobj)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-9)
+    # a card that says everything: nothing to say
+    ModelCard(task="segmentation", layout="channels_first", normalize="zscore", activation="softmax").write(bare)
+    onnx.save_model(bare, str(path))
+    quiet = run_cli("explain", path, tmp_path / "c", "-m", "vanilla", "-o", tmp_path / "out2")
+    assert quiet.returncode == 0 and "nxrt: note" not in quiet.stderr, quiet.stderr
+
+
+def test_a_crop_that_cuts_the_scan_warns_with_the_share_lost(tmp_path):
+    import json
+
+    from tests.builders import IMAGE_GRID
+
+    path = seg_model(tmp_path / "seg.onnx")
+    data = write_case(tmp_path / "c", "c")
+    res = run_cli("explain", path, tmp_path / "c", "-m", "vanilla", "-o", tmp_path / "out")
+    assert res.returncode == 0, res.stderr
+    # by hand: the centre crop of each axis (image 20x14x17 -> 16^3: x and z cropped, y padded)
+    keep = tuple(slice(max(0, -((m - i) // 2)), max(0, -((m - i) // 2)) + min(i, m))
+                 for i, m in zip(IMAGE_GRID, MODEL_GRID, strict=True))
+    lost = 1 - np.count_nonzero(data[keep][..., 0]) / np.count_nonzero(data[..., 0])
+    summary = json.loads((tmp_path / "out" / "c" / "summary.json").read_text())
+    assert summary["cropped_away"] == pytest.approx(lost, abs=1e-6) and lost > 0.1
+    (line,) = [ln for ln in res.stderr.splitlines() if "centre crop" in ln]
+    assert f"leaves out {lost:.1%} of its nonzero voxels" in line

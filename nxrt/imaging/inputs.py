@@ -75,6 +75,34 @@ def _default_slice(case: Case, axis: int) -> int:
     return int((occupied[0] + occupied[-1]) // 2) if occupied.size else case.spatial_shape[axis] // 2
 
 
+def assumed_settings(explainer) -> dict[str, str]:
+    """What nxrt will assume for cases because neither the card nor a flag says it: the
+    Explainer's inferences (task, layout, activation) and the input normalisation ("none": the
+    values are fed as stored)."""
+    assumed = dict(explainer.assumed)
+    if explainer.card.normalize is None:
+        assumed["normalize"] = "none"
+    return assumed
+
+
+def assumption_line(model, assumed: dict[str, str]) -> str:
+    """One line saying what was assumed for `model` and the `nxrt card` command that fixes it."""
+    why = {"task": "from the output's rank", "layout": "from the input's use and shape",
+           "activation": "from the last op and the channel count", "normalize": "values fed as stored"}
+    said = ", ".join(f"{k}={v} ({why[k]})" for k, v in assumed.items())
+    sets = " ".join(f"--set {k}={'zscore|minmax|none' if k == 'normalize' else v}" for k, v in assumed.items())
+    return f"{model}: the model card does not say, so nxrt assumed {said}; to fix it: nxrt card {model} {sets}"
+
+
+def cropped_away(case: Case, geometry) -> float:
+    """The share of the scan's nonzero voxels (first channel) that the model's crop leaves out."""
+    total = case.moments[0].count if case.moments else int(np.count_nonzero(case.data[..., 0]))
+    if not total:
+        return 0.0
+    kept = int(np.count_nonzero(geometry.inside_of_image(case.data[..., 0])))
+    return max(0.0, 1.0 - kept / total)
+
+
 def model_input(explainer, case: Case, slice_spec: str | None = None):
     """(x, geometry, slab, lift): the model's input for `case`, its geometry, the (axis, index)
     slice a 2D model explains in a 3D case (else None), and `lift`, which gives a model-space

@@ -23,9 +23,12 @@ from ..region import to_model_grid
 from ..registry import canonical
 from . import figures
 from .cases import Case
-from .inputs import centre_of_mass, model_channels, model_input
+from .inputs import assumed_settings, centre_of_mass, cropped_away, model_channels, model_input
 from .orientation import view_of_axis
 from .preprocess import Geometry, InImageGrid
+
+#: the share of a scan's nonzero voxels the crop may leave out before a case warns
+CROP_LOSS = 0.001
 
 
 @dataclass
@@ -87,6 +90,12 @@ def explain_case(explainer, case: Case, methods: Sequence[str], target=None, reg
     if want is not None and case.data.shape[-1] != want:
         raise InputError(f"case '{case.name}' has {case.data.shape[-1]} channels but the model input takes {want}")
     x, geometry, slab, lift = model_input(explainer, case, slice_spec)
+    lost = cropped_away(case, geometry) if slab is None else 0.0
+    if lost > CROP_LOSS:
+        if warn:
+            warn(f"{case.name}: the model's centre crop {'x'.join(map(str, geometry.model_shape))} of the "
+                 f"{'x'.join(map(str, case.spatial_shape))} scan leaves out {lost:.1%} of its nonzero voxels; "
+                 "check that the case is the size the model was trained on")
     region = to_model_grid(region, case, geometry, slab)
     lift = lift or (lambda a: a)
     result = CaseResult(case, geometry, slab, {})
@@ -115,6 +124,7 @@ def explain_case(explainer, case: Case, methods: Sequence[str], target=None, reg
     summary = result.summary
     summary.update({"case": case.name, "sources": case.sources, "channels": case.channels, "task": explainer.task,
                     "model_input_shape": list(x.shape), "image_shape": list(case.spatial_shape),
+                    "assumed": assumed_settings(explainer), "cropped_away": round(lost, 6),
                     "forward_pass": f"shared with {first[0].method}" if shared else "separate", "methods": {}})
     if slab is not None:
         summary["slice"] = {"orientation": view_of_axis(slab[0], case.affine), "voxel_axis": slab[0],
