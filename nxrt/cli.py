@@ -153,14 +153,17 @@ def _import_nibabel() -> None:
 @click.option("--task", type=click.Choice(["classification", "segmentation"]), default=None)
 @click.option("--layout", type=click.Choice(LAYOUTS), default=None)
 @click.option("--provider", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=None)
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Samples per session run (default: from the model's activation sizes and --max-memory).")
+@click.option("--max-memory", default=None, metavar="SIZE",
+              help="Memory the automatic batch size may plan for, e.g. 8G (default: half of what is available).")
 @click.option("--slice", "slice_spec", default=None, metavar="ORIENTATION[:INDEX]",
               help="A 2D model on 3D cases: the slice to explain (axial, coronal or sagittal, e.g. axial:77); "
                    "default axial through the tumour (or the brain's middle).")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
 @click.option("--resume", is_flag=True, help="Skip cases whose outputs are complete.")
 def explain(model, cases, methods, targets, out, assignments, channels, region, layer, steps, samples, noise, rule,
-            interpolation, task, layout, provider, batch_size, slice_spec, overwrite, resume):
+            interpolation, task, layout, provider, batch_size, max_memory, slice_spec, overwrite, resume):
     """Explain MODEL on each CASE and write maps that overlay the scan.
 
     A CASE is a 4D NIfTI (channels last), a BraTS case folder or file prefix (2021 or 2023 names), or
@@ -189,7 +192,7 @@ def explain(model, cases, methods, targets, out, assignments, channels, region, 
     if not cases and not channel_files:
         raise InputError("no CASE given; pass NIfTI files, BraTS case folders or --channel NAME=FILE pairs")
     _check_writable(out)
-    ex = Explainer(model, task=task, layout=layout, providers=provider, batch_size=batch_size)
+    ex = Explainer(model, task=task, layout=layout, providers=provider, batch_size=batch_size, max_memory=max_memory)
     items = [("--channel", None)] if channel_files and not cases else [(c, c) for c in cases]
     cohort = len(items) > 1
     show = cohort or sys.stderr.isatty()  # one case into a pipe or a log: its error stays the only line

@@ -31,7 +31,7 @@ from .region import FEED, Region
 
 class Context:
     def __init__(self, sessions, sample_shape: tuple, region: Region, rng: np.random.Generator,
-                 sample: np.ndarray | None = None):
+                 sample: np.ndarray | None = None, progress: Callable[[int, int, str], None] | None = None):
         self._sessions = sessions
         self._model = sessions.model
         self.sample_shape = tuple(sample_shape)
@@ -44,6 +44,7 @@ class Context:
         self.num_scores = sessions.num_scores(self.sample_shape, region.kind)
         self._sample = sample
         self._region_feed = region.feed(self.layout)
+        self._progress = progress
         self.forward_at_sample: tuple[np.ndarray, np.ndarray] | None = None
         #: what the sessions this context ran say about every result of them (Explanation.warnings)
         self.notes: list[str] = []
@@ -69,11 +70,20 @@ class Context:
         return self._forward_session().batch_size
 
     def batched(self, count: int, make: Callable[[slice], np.ndarray], evaluate: Callable[[np.ndarray], Any],
-                size: int | None = None) -> Iterator[tuple[slice, Any]]:
+                size: int | None = None, unit: str | None = None) -> Iterator[tuple[slice, Any]]:
         """Evaluate `count` generated inputs a chunk at a time: for each chunk (a slice of
-        range(count), at most `size` long, default `batch_size`) yields (chunk, evaluate(make(chunk)))."""
+        range(count), at most `size` long, default `batch_size`) yields (chunk, evaluate(make(chunk))).
+        unit: what the inputs are ("path points", "patches", ...), to report progress in."""
         for chunk in batches(count, size or self.batch_size):
-            yield chunk, evaluate(make(chunk))
+            result = evaluate(make(chunk))
+            if unit:
+                self.report(chunk.stop, count, unit)
+            yield chunk, result
+
+    def report(self, done: int, total: int, unit: str) -> None:
+        """Progress inside a long method (`done` of `total` `unit`), for whoever watches the call."""
+        if self._progress:
+            self._progress(done, total, unit)
 
     # -- evaluations
     def forward(self, xs: np.ndarray) -> np.ndarray:

@@ -267,6 +267,22 @@ def make_session(model: onnx.ModelProto | str | os.PathLike, providers=None, thr
         raise ModelError(f"onnxruntime cannot load the model: {str(exc).splitlines()[0]}") from exc
 
 
+def parse_bytes(text: str | int | float) -> int:
+    """A memory size: bytes, or a number with K/M/G/T (powers of 1024; 'GB', 'GiB' alike), e.g. '8G'."""
+    if isinstance(text, int | float) and not isinstance(text, bool):
+        value = float(text)
+    else:
+        raw = str(text).strip().upper().removesuffix("IB").removesuffix("B")
+        scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}.get(raw[-1:], 1)
+        try:
+            value = float(raw[:-1] if scale > 1 else raw) * scale
+        except ValueError:
+            raise InputError(f"memory size '{text}' is not a number of bytes or like 512M, 8G") from None
+    if not value > 0:
+        raise InputError(f"memory size '{text}' must be positive")
+    return int(value)
+
+
 def available_memory() -> int:
     """Bytes of memory available to this process now (MemAvailable, capped by a cgroup limit)."""
     avail = None
@@ -321,7 +337,8 @@ def activation_bytes_per_sample(model: onnx.ModelProto) -> int:
 
 
 def auto_batch_size(model: onnx.ModelProto, budget: int | None = None, cap: int = 64) -> int:
-    """The largest batch whose estimated activations fit the budget (default: half the free memory).
+    """The largest batch whose estimated activations fit the budget (default: half the free memory;
+    `Explainer(max_memory=...)` / `--max-memory` set it).
 
     Half, not more: the estimate counts tensors, not onnxruntime's arena slack and per-kernel
     scratch (im2col buffers). On the full 1x4x192x224x160 DynUNet it says 6.9 GB per sample, and
@@ -333,8 +350,8 @@ def auto_batch_size(model: onnx.ModelProto, budget: int | None = None, cap: int 
     budget = budget if budget is not None else int(available_memory() * 0.5)
     if per_sample > budget:
         raise InputError(f"one sample needs about {per_sample / 2**30:.1f} GiB of activations and gradients, "
-                         f"but only {budget / 2**30:.1f} GiB are available; use a smaller input (crop) or a "
-                         "machine with more memory")
+                         f"but only {budget / 2**30:.1f} GiB are available; use a smaller input (crop), a larger "
+                         "--max-memory or a machine with more memory")
     return int(max(1, min(cap, budget // per_sample)))
 
 
@@ -404,10 +421,13 @@ class SessionPool:
     built and the smaller ones are dropped (they hold memory), so a layer sweep builds one session.
     """
 
-    def __init__(self, providers=None, threads: int | None = None, batch_size: int | None = None):
+    def __init__(self, providers=None, threads: int | None = None, batch_size: int | None = None,
+                 max_memory: int | None = None):
         self.providers = resolve_providers(providers)
         self.threads = threads
         self.batch_size = batch_size
+        #: the memory budget of the automatic batch sizes (None: half of what is available)
+        self.max_memory = max_memory
         self._sessions: dict[tuple, PooledSession] = {}
         self._layers_seen: dict[tuple, list[str]] = {}
         self._stats = {"sessions_built": 0, "build_seconds": 0.0}

@@ -20,7 +20,7 @@ import onnx
 from . import passes
 from .card import ModelCard, check_card
 from .context import Context
-from .engine import SessionPool, batches
+from .engine import SessionPool, batches, parse_bytes
 from .errors import InputError, ModelError, NxrtWarning
 from .explanation import Explanation, merge_extras
 from .graph import GraphInfo, load_model
@@ -77,13 +77,14 @@ class Explainer:
     provider names. batch_size: samples per session call inside a method (None: decided for each
     session from its graph's activation sizes and the free memory). score: 'output' (as exported)
     or 'logits'. output: which graph output to explain (default the first). seed: RNG seed of
-    noisy methods.
+    noisy methods. max_memory: the memory the automatic batch sizes may plan for (bytes or '8G';
+    default half of the memory available when a session is built).
     """
 
     def __init__(self, model: str | os.PathLike | onnx.ModelProto, task: str | None = None,
                  layout: str | Layout | None = None, providers: str | Sequence[str] | None = None,
                  batch_size: int | None = None, score: str = "output", output: str | None = None,
-                 seed: int = 0, threads: int | None = None):
+                 seed: int = 0, threads: int | None = None, max_memory: int | str | None = None):
         self.model = model if isinstance(model, Model) else load(model)
         check_deterministic(self.model.proto, self.model.source)
         if score not in ("output", "logits"):
@@ -105,7 +106,7 @@ class Explainer:
             raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.batch_size = batch_size
         self.seed = seed
-        self.pool = SessionPool(providers, threads, batch_size)
+        self.pool = SessionPool(providers, threads, batch_size, None if max_memory is None else parse_bytes(max_memory))
         self.providers = self.pool.providers
         self.sessions = ModelSessions(self.model, self.spec, self.pool)
 
@@ -155,7 +156,7 @@ class Explainer:
         return self.context(x, region).forward(x)
 
     def explain(self, x: np.ndarray, method: str = "vanilla", target=None, region=None, keep_forward=None,
-                **params) -> Explanation:
+                progress=None, **params) -> Explanation:
         """Explain x with `method` for `target`; returns an `Explanation` (the raw, signed
         attribution shaped like x — CAM methods: channel axis 1 — and how it was made).
 
@@ -164,6 +165,8 @@ class Explainer:
         region (segmentation only): None (mean over all voxels), "predicted" (voxels whose argmax is
         the channel, mask held constant) or a mask array over the output's spatial grid.
         params: the method's parameters (see `nxrt methods`), each checked before anything runs.
+        progress(done, total, unit): told how far long methods are (IG path points, SmoothGrad
+        copies, occlusion patches, guided IG steps).
         The model's output and scores at x come with the result whenever a pass evaluated the model
         there (`Explanation.output` / `.scores`); `keep_forward` is no longer needed (deprecated).
         """
@@ -180,7 +183,7 @@ class Explainer:
         outs, targets, forwards, extras, notes = [], [], [], [], []
         for i in range(x.shape[0]):
             xi = x[i:i + 1]
-            ctx = Context(self.sessions, xi.shape[1:], region, rng, sample=xi)
+            ctx = Context(self.sessions, xi.shape[1:], region, rng, sample=xi, progress=progress)
             ti = resolve_target(target, self.task, ctx, xi)
             result = impl.explain(ctx, xi, ti, **params)
             if not isinstance(result, MethodResult):

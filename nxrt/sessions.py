@@ -77,7 +77,7 @@ class ModelSessions:
             model = passes.score_model(self._fixed(sample_shape), spec)
             # the estimate counts a forward's largest tensors only; onnxruntime's forward plan holds
             # more at once, so a third of it (the same guess the gradient graph refines for itself)
-            return Built(model, max(1, auto_batch_size(model) // 3), fixed_batch=options["batch"])
+            return Built(model, max(1, auto_batch_size(model, self.pool.max_memory) // 3), fixed_batch=options["batch"])
 
         return self.pool.get(self.model.digest, self._options("forward", sample_shape, spec), build)
 
@@ -106,7 +106,7 @@ class ModelSessions:
                                   layers=tuple(options.get("layers", ())), guided=options["guided"], score=spec)
 
         aug, entry = cached_entry(self.model.digest, options, build)
-        batch = auto_batch_size(aug)  # the gradient graph's own activation sizes
+        batch = auto_batch_size(aug, self.pool.max_memory)  # the gradient graph's own activation sizes
         blocked = next((p.value for p in aug.metadata_props if p.key == passes.ZERO_GRADIENT_KEY), None)
         notes = (f"the gradient is zero through {blocked} (piecewise constant): what the model computes there "
                  "is missing from the attribution",) if blocked else ()

@@ -100,4 +100,5 @@ class GuidedIG(Method):
                     point[chosen] += (ceil - point)[chosen] * (gap / room)
                     break
             attr += (point - begin) * grad
+            ctx.report(i + 1, steps, "steps")
         return attr.astype(np.float32)

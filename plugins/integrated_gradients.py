@@ -76,7 +76,8 @@ class IntegratedGradients(Method):
             a = alphas[chunk].astype(np.float32)
             return base + a.reshape((-1,) + (1,) * (x.ndim - 1)) * span
 
-        for chunk, grads in ctx.batched(len(alphas), path_points, lambda xs: ctx.gradient(xs, target)):
+        points = ctx.batched(len(alphas), path_points, lambda xs: ctx.gradient(xs, target), unit="path points")
+        for chunk, grads in points:
             total += np.tensordot(weights[chunk], grads, axes=(0, 0))[None]
         attribution = (span * total).astype(np.float32)
         if not delta:

@@ -64,7 +64,7 @@ class Occlusion(Method):
 
         total = np.zeros(spatial, np.float64)
         count = np.zeros(spatial, np.float64)
-        scores = ctx.batched(len(windows), occluded, ctx.forward, size=ctx.forward_batch_size)
+        scores = ctx.batched(len(windows), occluded, ctx.forward, size=ctx.forward_batch_size, unit="patches")
         for chunk, chunk_scores in scores:
             drops = score0 - chunk_scores[:, targets].sum(axis=1)
             for region, drop in zip(regions[chunk], drops, strict=True):

@@ -54,7 +54,8 @@ class SmoothGrad(Method):
             return attribution_of(base_method.explain(ctx, noisy, target, **params))
 
         total = total_sq = None
-        for _, attrs in ctx.batched(samples, noisy_copies, attribute, size=None if vanilla else 1):
+        copies = ctx.batched(samples, noisy_copies, attribute, size=None if vanilla else 1, unit="noisy copies")
+        for _, attrs in copies:
             attrs = attrs.astype(np.float64)
             if total is None:
                 total, total_sq = np.zeros(attrs.shape[1:]), np.zeros(attrs.shape[1:])

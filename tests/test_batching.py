@@ -141,3 +141,38 @@ def test_a_batch_baked_in_beyond_reshapes_runs_padded_chunks():
         assert rel_err(got[i:i + 1], want) < 1e-4, i
     np.testing.assert_allclose(ex.predict(x)[:, 1], [ex.predict(np.concatenate([x[i:i + 1]] * 2))[0, 1]
                                                      for i in range(3)], rtol=1e-6)
+
+
+def test_max_memory_bounds_the_automatic_batch():
+    """The automatic batch is the largest that fits the budget by the graph's own estimate; a
+    budget below one sample is a one-line error naming --max-memory."""
+    from nxrt.engine import parse_bytes
+
+    assert (parse_bytes("8G"), parse_bytes("512MiB"), parse_bytes("2kb"), parse_bytes(1000)) == \
+        (8 << 30, 512 << 20, 2048, 1000)
+    with pytest.raises(nxrt.InputError, match="memory size 'lots'"):
+        parse_bytes("lots")
+    per_sample = activation_bytes_per_sample(nxrt.augment(tiny_classifier()))
+    x = np.zeros((1, 3, 8, 8), np.float32)
+    for k in (1, 5, 20):
+        ex = nxrt.Explainer(tiny_classifier(), max_memory=k * per_sample + per_sample // 2)
+        assert ex.context(x).batch_size == k
+    with pytest.raises(nxrt.InputError, match="--max-memory"):
+        nxrt.Explainer(tiny_classifier(), max_memory=per_sample // 2).explain(x, "vanilla", target=1)
+
+
+@pytest.mark.parametrize("method, params, unit, marks", [
+    ("ig", {"steps": 10}, "path points", [3, 6, 9, 10]),
+    ("sg", {"samples": 7, "seed": 0}, "noisy copies", [3, 6, 7]),
+    ("gig", {"steps": 4}, "steps", [1, 2, 3, 4]),
+    ("occlusion", {"patch": 4, "stride": 2}, "patches", None),
+])
+def test_long_methods_report_their_progress(method, params, unit, marks):
+    calls = []
+    ex = nxrt.Explainer(tiny_classifier(), batch_size=3)
+    x = np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype(np.float32)
+    ex.explain(x, method, target=1, progress=lambda *a: calls.append(a), **params)
+    assert {c[2] for c in calls} == {unit}
+    if marks is None:  # occlusion: 3 x 3 windows of 4 (stride 2) over 8 x 8, in chunks of 3
+        marks = [3, 6, 9]
+    assert [c[0] for c in calls] == marks and all(c[1] == marks[-1] for c in calls)

@@ -29,6 +29,8 @@ from .preprocess import Geometry, InImageGrid
 
 #: the share of a scan's nonzero voxels the crop may leave out before a case warns
 CROP_LOSS = 0.001
+#: seconds between two progress reports inside one method
+PROGRESS_EVERY = 5.0
 
 
 @dataclass
@@ -108,9 +110,19 @@ def explain_case(explainer, case: Case, methods: Sequence[str], target=None, reg
         if progress:
             progress(method)
         t = time.perf_counter()
+        shown = [t]
+
+        def inside(done: int, total: int, unit: str) -> None:  # at most every PROGRESS_EVERY seconds
+            now = time.perf_counter()
+            if progress and done < total and now - shown[0] >= PROGRESS_EVERY:
+                shown[0] = now
+                left = (now - t) / done * (total - done)
+                progress(f"{method} {done}/{total} {unit}, about {left:.0f} s left in it")
+
         with warnings.catch_warnings():  # they are in the Explanation, and said through `warn`
             warnings.simplefilter("ignore", NxrtWarning)
-            e = explainer.explain(x, method, target=target, region=region, **params.get(method, {}))
+            e = explainer.explain(x, method, target=target, region=region, progress=inside,
+                                  **params.get(method, {}))
         return e, time.perf_counter() - t
 
     # The first method runs before the prediction: when its passes evaluate the model at x itself
