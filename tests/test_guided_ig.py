@@ -156,6 +156,9 @@ def test_rounding_cannot_stall_the_last_step():
         def gradient(self, xs, target):
             return np.broadcast_to(g, xs.shape).copy()
 
+        def report(self, done, total, unit):
+            pass
+
     out = {}
     worker = threading.Thread(target=lambda: out.update(attr=GuidedIG().explain(Ctx(), x, [0], 8, 0.25, 0.02, base)),
                               daemon=True)
