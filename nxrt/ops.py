@@ -53,8 +53,8 @@ AXIS_EFFECT: dict[str, str] = {
                      "Softmax", "Softplus", "Softsign", "Split", "Sqrt", "Sub", "Sum", "Tanh", "Tile", "Upsample",
                      "Where"), KEEPS_AXES),
     "Transpose": PERMUTES,
-    **dict.fromkeys(("Flatten", "Gather", "Gemm", "MatMul", "ReduceMax", "ReduceMean", "ReduceMin", "ReduceSum",
-                     "Reshape", "Squeeze", "Unsqueeze"), NEW_AXES),
+    **dict.fromkeys(("Einsum", "Flatten", "Gather", "Gemm", "MatMul", "ReduceMax", "ReduceMean", "ReduceMin",
+                     "ReduceSum", "Reshape", "Squeeze", "Unsqueeze"), NEW_AXES),
 }
 #: the input whose axes a KEEPS_AXES op's output has, where it is not the first (Where's first
 #: input is its boolean condition)

@@ -456,6 +456,61 @@ def _matmul(ctx, node, gy):
     return [ga, gb]
 
 
+def _einsum_terms(ctx, node) -> tuple[list[str], str]:
+    """The equation's input terms and output term with every '...' spelled out in letters (its dims
+    must then be equal across operands: broadcasting through an ellipsis is not differentiated) and
+    an implicit output made explicit (numpy's rule: the ellipsis, then the letters used once, sorted)."""
+    eq = attr_str(node, "equation").replace(" ", "")
+    lhs, arrow, rhs = eq.partition("->")
+    terms = lhs.split(",")
+    ranks = [ctx.info.rank(t) for t in node.input]
+    if any(r is None for r in ranks):
+        raise unsupported(node, "operand ranks are unknown")
+    letters = [c for c in "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ" if c not in eq]
+    widths = [r - (len(t) - 3) for t, r in zip(terms, ranks, strict=True) if "..." in t]
+    wide = max(widths, default=0)
+    dots = "".join(letters[:wide])
+    spelled, sizes = [], {}
+    for term, name in zip(terms, node.input, strict=True):
+        width = ctx.info.rank(name) - (len(term) - 3) if "..." in term else 0
+        term = term.replace("...", dots[wide - width:])
+        shape = ctx.info.shape(name) or []
+        for c, d in zip(term, shape, strict=False):
+            if c in dots and c in sizes and sizes[c] != d:
+                raise unsupported(node, "operands broadcast through '...'")
+            sizes.setdefault(c, d)
+        if len(set(term)) != len(term):
+            raise unsupported(node, f"a repeated index in '{term}' (a diagonal)")
+        spelled.append(term)
+    if arrow:
+        out = rhs.replace("...", dots)
+    else:
+        once = sorted(c for c in set("".join(spelled)) if "".join(spelled).count(c) == 1 and c not in dots)
+        out = dots + "".join(once)
+    return spelled, out
+
+
+@vjp("Einsum")
+def _einsum(ctx, node, gy):
+    """d/d operand k of einsum(terms -> out): einsum(out, the other terms -> term k); indices that
+    only operand k has (summed inside it) come back by broadcasting."""
+    terms, out = _einsum_terms(ctx, node)
+    grads = [None] * len(node.input)
+    for k, (term, name) in enumerate(zip(terms, node.input, strict=True)):
+        if not ctx.needs(name):
+            continue
+        others = [t for j, t in enumerate(terms) if j != k]
+        known = set(out).union(*others)
+        kept = "".join(c for c in term if c in known)
+        g = ctx.op("Einsum", gy[0], *[n for j, n in enumerate(node.input) if j != k],
+                   equation=",".join([out, *others]) + "->" + kept)
+        lone = [i for i, c in enumerate(term) if c not in known]
+        if lone:
+            g = ctx.op("Expand", ctx.unsqueeze(g, lone), ctx.shape(name))
+        grads[k] = g
+    return grads
+
+
 @vjp("Gemm")
 def _gemm(ctx, node, gy):
     g = gy[0]
@@ -873,22 +928,34 @@ def _slice(ctx, node, gy):
     steps = [1] * len(axes) if steps is None else steps.tolist()
     g = gy[0]
     before, after = [0] * rank, [0] * rank
-    reverse = []
+    reverse, strided = [], []
     for a, s, e, st in zip(axes, starts.tolist(), ends.tolist(), steps, strict=True):
-        if st not in (1, -1):
-            raise unsupported(node, f"step {st} (only steps of 1 and -1 are differentiable here)")
         if not isinstance(shape[a], int):
             raise unsupported(node, f"axis {a} of '{x}' has no static size")
-        lo, hi, _ = slice(s, e, st).indices(shape[a])
-        if st == -1:
-            lo, hi = hi + 1, lo + 1
-            reverse.append(a)
-        hi = max(hi, lo)
-        before[a], after[a] = lo, shape[a] - hi
+        taken = range(*slice(s, e, st).indices(shape[a]))
+        if st < 0:
+            reverse.append(a)  # undone first: the gradient then runs in increasing index order
+        if abs(st) != 1 and len(taken) > 1:
+            strided.append((a, abs(st), len(taken)))
+        lo = min(taken) if len(taken) else 0
+        before[a], after[a] = lo, shape[a] - lo - (len(taken) - 1) * abs(st) - 1 if len(taken) else shape[a]
     if reverse:
         big = np.iinfo(np.int64).max
         g = ctx.op("Slice", g, ctx.ints([-1] * len(reverse)), ctx.ints([-big] * len(reverse)),
                    ctx.ints(reverse), ctx.ints([-1] * len(reverse)))
+    # A step k > 1 takes every k-th element: interleave k - 1 zeros after each gradient entry (a new
+    # axis padded, then merged), so entry i lands at offset i * k; the Pad below adds the offset
+    # of the first one and the elements past the last one.
+    sizes = list(ctx.info.shape(node.output[0]) or [])
+    for a, k, count in strided:
+        if len(sizes) != rank or any(not isinstance(d, int) for d in sizes[a + 1:]) or a == 0:
+            raise unsupported(node, f"a step of {k} along axis {a} needs the static sizes of the axes after it")
+        spread = ctx.op("Pad", ctx.unsqueeze(g, [a + 1]), ctx.ints([0] * (rank + 1) + [0] * (a + 1) + [k - 1]
+                                                                  + [0] * (rank - a - 1)))
+        sizes[a] = count * k
+        merged = ctx.op("Reshape", spread, ctx.ints([0] * a + [count * k] + sizes[a + 1:]))
+        g = ctx.op("Slice", merged, ctx.ints([0]), ctx.ints([(count - 1) * k + 1]), ctx.ints([a]))
+        sizes[a] = (count - 1) * k + 1
     return [ctx.op("Pad", g, ctx.ints(before + after))] + [None] * (len(node.input) - 1)
 
 
