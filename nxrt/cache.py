@@ -13,6 +13,7 @@ removed and rebuilt.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -53,11 +54,22 @@ def model_hash(model: onnx.ModelProto) -> str:
     return h.hexdigest()
 
 
+@functools.cache
+def code_digest() -> str:
+    """SHA-256 of the code that writes augmented graphs (the rules, the traversal, the passes, the
+    graph helpers, the op facts): an entry made by other code is never reused, bumped FORMAT or not."""
+    h = hashlib.sha256()
+    root = Path(__file__).resolve().parent
+    for name in ("autodiff/rules.py", "autodiff/grad.py", "passes.py", "graph.py", "ops.py", "region.py"):
+        h.update((root / name).read_bytes())
+    return h.hexdigest()
+
+
 def entry_key(model_digest: str, options: dict) -> str:
     import onnxruntime
 
     blob = json.dumps({"model": model_digest, "options": options, "format": FORMAT, "onnx": onnx.__version__,
-                       "ort": onnxruntime.__version__}, sort_keys=True, default=str)
+                       "ort": onnxruntime.__version__, "code": code_digest()}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 

@@ -426,7 +426,19 @@ def convert_opset(model: onnx.ModelProto, target: int = MIN_OPSET) -> onnx.Model
 
 
 
-def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
+def fold_constants(model: onnx.ModelProto, passes: int = 4) -> onnx.ModelProto:
+    """Fold (`fold_once`) until nothing more folds: a folded pad or reshape target gives the next
+    tensors static shapes, whose Shape() chains fold in the next pass (SwinUNETR's window
+    partition needs two). At most `passes` passes."""
+    for _ in range(passes):
+        folded = fold_once(model)
+        if len(folded.graph.node) == len(model.graph.node):
+            return folded
+        model = folded
+    return model
+
+
+def fold_once(model: onnx.ModelProto) -> onnx.ModelProto:
     """Replace tensors computed only from constants and static shapes by initializers.
 
     Exporters compute pads, reshape targets and slice bounds at run time from Shape() chains
@@ -443,6 +455,10 @@ def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
     g = model.graph
     known = {t.name for t in g.initializer}
     shape_inputs: dict[str, tuple] = {}
+    # the batch axis: the first graph input's symbolic first dim (fed at 1 and 2 below)
+    data_inputs = [i for i in g.input if i.name not in known]
+    first = data_inputs[0].type.tensor_type.shape.dim if data_inputs else []
+    batch = first[0].dim_param if first and first[0].HasField("dim_param") else None
     nodes = []
     for node in g.node:
         if node.op_type in RANDOM_OPS or node.domain not in ("", "ai.onnx"):
@@ -451,6 +467,8 @@ def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
             shape = inferred.shape(node.input[0])
             if shape is None or any(not isinstance(d, int) for d in shape[1:]):
                 continue
+            if shape and not isinstance(shape[0], int) and shape[0] != batch:
+                continue  # a symbolic first axis that is not the batch (e.g. batch x windows): unknown here
             shape_inputs[node.input[0]] = shape
         elif not all(i in known or not i for i in node.input):
             continue
@@ -463,7 +481,8 @@ def fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
     boundary = sorted(t for t in produced if t in consumers)
     if not boundary:
         return model
-    feeds_in = [t for t in shape_inputs if t not in {i.name for i in g.initializer}]
+    # (a Shape whose input is itself computed inside the subgraph reads that, not a feed)
+    feeds_in = [t for t in shape_inputs if t not in {i.name for i in g.initializer} and t not in produced]
     sub = helper.make_graph(
         nodes, "fold",
         [helper.make_tensor_value_info(t, inferred.elem_type(t) or TensorProto.FLOAT,

@@ -47,14 +47,14 @@ NEW_AXES = "new axes"
 AXIS_EFFECT: dict[str, str] = {
     **dict.fromkeys(("Conv", "ConvTranspose", "BatchNormalization", "InstanceNormalization", "GroupNormalization",
                      "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LpPool"), CHANNELS_AT_ONE),
-    **dict.fromkeys(("Abs", "Add", "Cast", "Clip", "Concat", "Div", "Dropout", "Elu", "Erf", "Exp", "Expand", "Gelu",
-                     "HardSigmoid", "HardSwish", "Identity", "LayerNormalization", "LeakyRelu", "Log", "LogSoftmax",
-                     "Mul", "Neg", "PRelu", "Pad", "Pow", "Reciprocal", "Relu", "Resize", "Selu", "Sigmoid", "Slice",
-                     "Softmax", "Softplus", "Softsign", "Split", "Sqrt", "Sub", "Sum", "Tanh", "Tile", "Upsample",
-                     "Where"), KEEPS_AXES),
+    **dict.fromkeys(("Abs", "Add", "Cast", "Clip", "Concat", "Div", "Dropout", "Elu", "Erf", "Exp", "Expand",
+                     "Gelu", "HardSigmoid", "HardSwish", "Identity", "LayerNormalization", "LeakyRelu", "Log",
+                     "LogSoftmax", "Mul", "Neg", "PRelu", "Pad", "Pow", "Reciprocal", "Relu", "Resize", "ScatterND",
+                     "Selu", "Sigmoid", "Slice", "Softmax", "Softplus", "Softsign", "Split", "Sqrt", "Sub", "Sum",
+                     "Tanh", "Tile", "Upsample", "Where"), KEEPS_AXES),
     "Transpose": PERMUTES,
-    **dict.fromkeys(("Einsum", "Flatten", "Gather", "Gemm", "MatMul", "ReduceMax", "ReduceMean", "ReduceMin",
-                     "ReduceSum", "Reshape", "Squeeze", "Unsqueeze"), NEW_AXES),
+    **dict.fromkeys(("Einsum", "Flatten", "Gather", "GatherND", "Gemm", "MatMul", "ReduceMax", "ReduceMean",
+                     "ReduceMin", "ReduceSum", "Reshape", "Squeeze", "Unsqueeze"), NEW_AXES),
 }
 #: the input whose axes a KEEPS_AXES op's output has, where it is not the first (Where's first
 #: input is its boolean condition)

@@ -17,7 +17,7 @@ from . import passes
 from .cache import cached_entry
 from .engine import Built, PooledSession, SessionPool, auto_batch_size
 from .errors import ModelError
-from .graph import dims_of
+from .graph import GraphInfo, dims_of
 
 
 class ModelSessions:
@@ -39,23 +39,41 @@ class ModelSessions:
                                       batch=self.fixed_batch(sample_shape))
 
     def fixed_batch(self, sample_shape: tuple) -> int | None:
-        """None when the model runs any batch (a dynamic batch axis, or a static one nxrt could free:
-        `passes.free_batch_reshapes`); else the export's static batch B, which is then kept, and the
-        sessions run B samples at a time (a short last chunk padded). Decided once per sample shape
-        from shape inference on the weight-free skeleton: the batch is free when the scores' batch
-        axis stays symbolic."""
+        """None when the model runs any batch: its batch axis stays symbolic through the whole graph
+        (a dynamic export, or a static one nxrt could free: `passes.free_batch_reshapes`); else a
+        static batch B that is then kept — the export's, or 1 when even a dynamic export computes
+        shapes from the batch that shape inference cannot follow (SwinUNETR's window partition:
+        batch x windows) — and the sessions run B samples at a time (a short chunk padded).
+        Decided once per sample shape, on the weight-free skeleton, folded like the real graph:
+        the batch is free when every float tensor keeps static dims beyond the batch axis."""
         key = tuple(sample_shape)
         if key not in self._batch_mode:
             exported = passes.exported_batch(self.model.proto, self.model.input_name)
-            mode = None
-            if exported is not None:
-                relaxed = passes.fix_input_shape(self.model.proto, self.model.input_name, sample_shape, weights=False)
-                scored = passes.score_model(relaxed, self._spec(None), fold=False)
-                shape = next(dims_of(o) for o in scored.graph.output if o.name == passes.SCORES)
-                if not shape or isinstance(shape[0], int):
-                    mode = exported
-            self._batch_mode[key] = mode
+            static = exported or 1
+            unknown = {batch: self._unknown_dims(sample_shape, batch) for batch in (None, static)}
+            # (tensors whose dims are unknown at a static batch too are not the batch's doing: an op
+            # without shape inference; those never decide)
+            self._batch_mode[key] = None if unknown[None] <= unknown[static] else static
         return self._batch_mode[key]
+
+    def _unknown_dims(self, sample_shape: tuple, batch: int | None) -> set[str]:
+        """Float tensors of the scored, folded skeleton whose dims beyond the batch axis shape
+        inference cannot tell (or whose batch axis is neither the batch symbol nor static)."""
+        fixed = passes.fix_input_shape(self.model.proto, self.model.input_name, sample_shape, weights=False,
+                                       batch=batch)
+        scored = passes.score_model(fixed, self._spec(None))
+        info = GraphInfo.of(scored)
+        scores = info.shape(passes.SCORES) or ()
+        out = set() if batch is not None or (scores and scores[0] == "N") else {passes.SCORES}
+        for node in scored.graph.node:
+            for name in node.output:
+                if not name or info.is_float(name) is False:
+                    continue
+                shape = info.shape(name)
+                if shape is None or (shape and (not isinstance(shape[0], int) and shape[0] != "N"
+                                                or any(not isinstance(d, int) for d in shape[1:]))):
+                    out.add(name)
+        return out
 
     def num_scores(self, sample_shape: tuple, region_kind: str | None) -> int:
         """K, the number of scores, from the score head's inferred shape (a forward session would

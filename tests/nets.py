@@ -25,6 +25,35 @@ def monai_nets():
     }
 
 
+def transformer_nets():
+    """MONAI's vision-transformer segmenters, small: UNETR (attention through Einsum) at 32^3 and
+    SwinUNETR (shifted windows, patch merging by strided slices) at 64^3 (its five 2x levels)."""
+    from monai.networks.nets import UNETR, SwinUNETR
+
+    return {
+        "unetr": (lambda: UNETR(in_channels=4, out_channels=3, img_size=(32, 32, 32), feature_size=8, hidden_size=48,
+                                mlp_dim=96, num_heads=4, proj_type="conv"), 32),
+        "swinunetr": (lambda: SwinUNETR(in_channels=4, out_channels=3, feature_size=12, depths=(1, 1, 1, 1),
+                                        num_heads=(1, 1, 1, 1)), 64),
+    }
+
+
+def nnunet_nets():
+    """nnU-Net's own architectures (dynamic_network_architectures), 3D, small, instance norm."""
+    import torch.nn as nn
+    from dynamic_network_architectures.architectures.unet import PlainConvUNet, ResidualEncoderUNet
+
+    common = dict(input_channels=4, n_stages=4, features_per_stage=(8, 16, 32, 64), conv_op=nn.Conv3d,
+                  kernel_sizes=3, strides=(1, 2, 2, 2), num_classes=3, conv_bias=True, norm_op=nn.InstanceNorm3d,
+                  norm_op_kwargs={"eps": 1e-5, "affine": True}, nonlin=nn.LeakyReLU,
+                  nonlin_kwargs={"inplace": True}, deep_supervision=False)
+    return {
+        "plainconvunet": lambda: PlainConvUNet(n_conv_per_stage=2, n_conv_per_stage_decoder=2, **common),
+        "residualencoderunet": lambda: ResidualEncoderUNet(n_blocks_per_stage=(1, 2, 2, 2),
+                                                           n_conv_per_stage_decoder=1, **common),
+    }
+
+
 def resnet2d():
     from monai.networks.nets import ResNet
 

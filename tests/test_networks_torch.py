@@ -11,11 +11,20 @@ import numpy as np
 import pytest
 import torch
 
-from tests.nets import export_torch, monai_nets, nxrt_grads, resnet2d, small_cnn2d, torch_input_grad
+from tests.nets import (
+    export_torch,
+    monai_nets,
+    nnunet_nets,
+    nxrt_grads,
+    resnet2d,
+    small_cnn2d,
+    torch_input_grad,
+    transformer_nets,
+)
 from tests.oracles import rel_err
 
 
-def check_parity(module, xs, path, dynamo, task, target, dynamic_batch=False):
+def check_parity(module, xs, path, dynamo, task, target, dynamic_batch=False, kinks_everywhere=False):
     """Errors per input draw; the criterion holds for the median draw.
 
     ReLU networks have gradient discontinuities: a float32 forward (torch's or onnxruntime's)
@@ -35,7 +44,12 @@ def check_parity(module, xs, path, dynamo, task, target, dynamic_batch=False):
         errs.append(rel_err(got, ref64))
         errs32.append(rel_err(ref32, ref64))
     err, err32 = float(np.median(errs)), float(np.median(errs32))
-    bound = max(1e-4, 2 * err32)
+    # kinks_everywhere: a network whose pooled score meets a LeakyReLU at full resolution (SwinUNETR's
+    # last decoder block, 12 x 64^3 voxels, the gradient there uniform in magnitude): one flipped mask
+    # of 3.1M costs ~1/sqrt(3.1M) = 6e-4 of relative L2 error, and float32 flips a few in most draws
+    # (measured: nxrt 3 flips in draw 1, all at |x| < 5e-7; torch's own float32 1.5e-3 in one draw
+    # of three). There the bound is twice torch float32's worst draw: what one flip costs.
+    bound = max(1e-4, 2 * (max(errs32) if kinks_everywhere else err32))
     print(f"nxrt err {errs}  torch float32 err {errs32}  bound {bound:.2e}")
     assert err <= bound, (errs, errs32)
     return err, err32
@@ -51,6 +65,24 @@ def draws(shape, n=3, seed=1):
 def test_monai_segmentation_parity(name, dynamo, tmp_path):
     torch.manual_seed(0)
     module = monai_nets()[name]().eval()
+    check_parity(module, draws((1, 4, 32, 32, 32)), tmp_path / "model.onnx", dynamo, "segmentation", target=1)
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["legacy", "dynamo"])
+@pytest.mark.parametrize("name", ["unetr", "swinunetr"])
+def test_monai_transformer_parity(name, dynamo, tmp_path):
+    torch.manual_seed(0)
+    build, size = transformer_nets()[name]
+    module = build().eval()
+    check_parity(module, draws((1, 4, size, size, size)), tmp_path / "model.onnx", dynamo, "segmentation", target=1,
+                 kinks_everywhere=name == "swinunetr")
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["legacy", "dynamo"])
+@pytest.mark.parametrize("name", ["plainconvunet", "residualencoderunet"])
+def test_nnunet_architecture_parity(name, dynamo, tmp_path):
+    torch.manual_seed(0)
+    module = nnunet_nets()[name]().eval()
     check_parity(module, draws((1, 4, 32, 32, 32)), tmp_path / "model.onnx", dynamo, "segmentation", target=1)
 
 

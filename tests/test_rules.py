@@ -194,6 +194,15 @@ CASES = [
          inits={"st": i64(1), "en": i64(9), "ax": i64(1), "sp": i64(3)}),
     case("slice_step_minus2_two_axes", [n("Slice", ["x", "st", "en", "ax", "sp"])], {"x": r(2, 7, 6)},
          inits={"st": i64(-1, 5), "en": i64(-100, 0), "ax": i64(1, 2), "sp": i64(-2, -3)}),
+    # ---- GatherND / ScatterND with constant indices (repeats add up; batch_dims)
+    case("gathernd_repeats", [n("GatherND", ["x", "idx"])], {"x": r(3, 4, 2)},
+         inits={"idx": np.array([[0, 1], [2, 3], [0, 1], [1, -1]], np.int64)}),
+    case("gathernd_batch_dims", [n("GatherND", ["x", "idx"], batch_dims=1)], {"x": r(2, 4, 3)},
+         inits={"idx": np.array([[[1], [3]], [[0], [0]]], np.int64)}),
+    case("scatternd_overwrite", [n("ScatterND", ["x", "idx", "u"])], {"x": r(4, 3), "u": r(2, 3)},
+         inits={"idx": np.array([[1], [3]], np.int64)}),
+    case("scatternd_add_repeats", [n("ScatterND", ["x", "idx", "u"], reduction="add")], {"x": r(4, 3), "u": r(3, 3)},
+         inits={"idx": np.array([[1], [3], [1]], np.int64)}, opset=18),
     # ---- einsum: attention products, a summed-out index, ellipsis, implicit output, three operands
     case("einsum_attention_scores", [n("Einsum", ["q", "k"], equation="blxd,blyd->blxy")],
          {"q": r(1, 2, 3, 4), "k": r(1, 2, 5, 4)}),

@@ -1024,6 +1024,62 @@ def _gather(ctx, node, gy):
     return [scattered, None]
 
 
+def _full_nd_indices(ctx, node, indices: np.ndarray, batch_dims: int, data_shape) -> np.ndarray:
+    """GatherND/ScatterND indices with their `batch_dims` leading coordinates written out, so the
+    gradient's ScatterND/GatherND can run with batch_dims=0 (shapes must be static there)."""
+    if not batch_dims:
+        return indices
+    lead = indices.shape[:batch_dims]
+    if any(not isinstance(d, int) for d in data_shape[:batch_dims]) or tuple(data_shape[:batch_dims]) != lead:
+        raise unsupported(node, "batch_dims over axes without static sizes")
+    grid = np.stack(np.meshgrid(*[np.arange(n) for n in lead], indexing="ij"), axis=-1)
+    grid = grid.reshape(lead + (1,) * (indices.ndim - 1 - batch_dims) + (batch_dims,))
+    grid = np.broadcast_to(grid, indices.shape[:-1] + (batch_dims,))
+    return np.concatenate([grid, indices], axis=-1).astype(np.int64)
+
+
+def _nd_indices(ctx, node, data: str, indices: str) -> np.ndarray:
+    idx, shape = ctx.info.const(indices), ctx.info.shape(data)
+    if idx is None or shape is None:
+        raise unsupported(node, "needs constant indices and a known data shape")
+    batch_dims = attr(node, "batch_dims", 0)
+    dims = np.array([d if isinstance(d, int) else -1 for d in shape[batch_dims:batch_dims + idx.shape[-1]]])
+    if np.any(idx < 0) and np.any(dims < 0):
+        raise unsupported(node, "negative indices into axes without static sizes")
+    idx = np.where(idx < 0, idx + dims, idx).astype(np.int64)
+    return _full_nd_indices(ctx, node, idx, batch_dims, shape)
+
+
+@vjp("GatherND")
+def _gather_nd(ctx, node, gy):
+    data, indices = node.input
+    full = _nd_indices(ctx, node, data, indices)
+    # every gathered element's gradient added back where it came from (repeated indices add up)
+    scattered = ctx.op("ScatterND", ctx.zeros_like(data), ctx.const(full, np.int64, "gather_nd_indices"), gy[0],
+                       reduction="add")
+    return [scattered, None]
+
+
+@vjp("ScatterND")
+def _scatter_nd(ctx, node, gy):
+    data, indices, updates = node.input
+    reduction = attr_str(node, "reduction", "none")
+    if reduction not in ("none", "add"):
+        raise unsupported(node, f"reduction '{reduction}'")
+    full = _nd_indices(ctx, node, data, indices)
+    if reduction == "none" and len(np.unique(full.reshape(-1, full.shape[-1]), axis=0)) < full.size // full.shape[-1]:
+        raise unsupported(node, "repeated indices without a reduction (which write wins is unspecified)")
+    where = ctx.const(full, np.int64, "scatter_nd_indices")
+    g = gy[0]
+    g_data = g_updates = None
+    if ctx.needs(data):
+        # overwritten elements carry no gradient back to `data`; added-to ones pass it through
+        g_data = g if reduction == "add" else ctx.op("ScatterND", g, where, ctx.zeros_like(updates))
+    if ctx.needs(updates):
+        g_updates = ctx.op("GatherND", g, where)
+    return [g_data, None, g_updates]
+
+
 # --------------------------------------------------------------------------- resampling
 
 
