@@ -401,7 +401,7 @@ def list_methods() -> None:
 
 
 @main.command()
-@click.argument("framework", type=click.Choice(["keras", "torch"]))
+@click.argument("framework", type=click.Choice(["keras", "torch", "tf"]))
 @click.argument("src", type=click.Path(path_type=Path))
 @click.option("-o", "--output", "out", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Where to write the ONNX model (.onnx).")
@@ -417,19 +417,48 @@ def list_methods() -> None:
 @click.option("--legacy", is_flag=True, help="torch: the legacy TorchScript exporter instead of dynamo.")
 @click.option("--unsafe", is_flag=True,
               help="keras: load .keras files whose Lambda layers run Python code (trusted files only).")
+@click.option("--input-node", default=None, help="tf graph: the image placeholder (default: the only float one).")
+@click.option("--output-node", "output_nodes", multiple=True,
+              help="tf graph: an output node (repeatable; default: the nodes nothing reads).")
+@click.option("--flag", "flags", multiple=True, metavar="NAME=VALUE",
+              help="tf graph: set a placeholder-with-default (training switches are set to inference anyway).")
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
 def convert(framework, src, out, task, channels, labels, normalize, spatial_shape, input_shape, opset, legacy,
-            unsafe, overwrite):
-    """Convert a Keras or PyTorch model SRC to ONNX with its nxrt model card, verified before it is written.
+            unsafe, input_node, output_nodes, flags, overwrite):
+    """Convert a Keras, PyTorch or TensorFlow model SRC to ONNX with its nxrt model card, verified before it
+    is written.
 
-    keras SRC: a .keras file or a SavedModel folder. torch SRC: a torch.export program (.pt2) or a
+    keras SRC: a .keras file or a SavedModel folder. tf SRC: a TF1 frozen graph (.pb; its training
+    switches set to inference and said) or a SavedModel folder. torch SRC: a torch.export program (.pt2) or a
     TorchScript file; pickled checkpoints (torch.save) are refused because loading them runs
     arbitrary code. The ONNX model is checked against the framework on a random input (relative
     error <= 1e-4) and written only if it agrees. Needs the extra: pip install 'nxrt[keras]' / 'nxrt[torch]'.
     """
     from .errors import InputError
 
-    if framework == "keras":
+    if framework != "tf" and (input_node or output_nodes or flags):
+        raise InputError("--input-node, --output-node and --flag apply to tf graphs only")
+    if framework == "tf":
+        for flag, given in (("--legacy", legacy), ("--input-shape", input_shape), ("--unsafe", unsafe)):
+            if given:
+                raise InputError(f"{flag} does not apply to tf graphs; leave it out")
+        from .converters.common import parse_shape
+        from .converters.tf import convert_tf
+
+        pairs = {}
+        for item in flags:
+            name, eq, value = item.partition("=")
+            if not eq or not name.strip():
+                raise InputError(f"--flag '{item}' must be NAME=VALUE, e.g. --flag is_training=false")
+            pairs[name.strip()] = value
+        result = convert_tf(src, out, task=task, channels=channels, labels=labels, normalize=normalize,
+                            spatial_shape=parse_shape(spatial_shape, "--spatial-shape"), input_node=input_node,
+                            output_nodes=list(output_nodes) or None, flags=pairs, opset=opset or 17,
+                            overwrite=overwrite)
+        reference = "TensorFlow"
+        for name, value in result.get("flags", {}).items():
+            click.echo(f"set {name} = {value}" + ("" if name in pairs else " (its inference value)"), err=True)
+    elif framework == "keras":
         for flag, given in (("--legacy", legacy), ("--input-shape", input_shape)):
             if given:
                 raise InputError(f"{flag} applies to torch models only; leave it out for keras")
