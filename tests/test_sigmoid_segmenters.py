@@ -112,3 +112,31 @@ def test_the_card_decides_over_the_graph_and_softmax_on_one_channel_is_refused(t
     np.testing.assert_array_equal(written, geometry.to_image((out[0] > 0.5).astype(np.int16)))
     with pytest.raises(nxrt.ModelError, match="nxrt.activation=softmax but output 'output' has one channel"):
         nxrt.Explainer(segmenter(tmp_path / "b.onnx", 1, sigmoid=True, card_activation="softmax"))
+
+
+def test_the_overview_outlines_the_thresholded_prediction_when_there_is_no_true_tumour(tmp_path, case_dir):
+    from PIL import Image
+
+    from nxrt.cohort import CaseJob, CaseRequest
+    from nxrt.imaging import figures
+
+    path = segmenter(tmp_path / "m.onnx", 1, sigmoid=True)
+    _, geometry, out = model_output(path, case_dir)
+    ex = nxrt.Explainer(path)
+    case = load_case(case_dir, channels=CHANNELS)
+    assert case.seg is None
+    from nxrt.imaging.pipeline import explain_case
+
+    result = explain_case(ex, case, ["vanilla"])
+    np.testing.assert_array_equal(np.asarray(result.figure.contour), geometry.to_image(out[0] > 0.5))
+    CaseJob(ex, tmp_path / "out", CaseRequest(["vanilla"])).explain(case)()
+    # the written overview has the outline: more white pixels than the same figure drawn without it
+    f = result.figure
+    maps = {name: m.display for name, m in result.methods.items()}
+    figures.overview(tmp_path / "bare.png", f.background, maps, f.center, title=f.title, contour=None,
+                     spacing=case.spacing, views=f.views, affine=case.affine)
+
+    def white(png):
+        return int((np.asarray(Image.open(png).convert("RGB")) == 255).all(axis=-1).sum())
+
+    assert white(tmp_path / "out" / "c" / "overview.png") > white(tmp_path / "bare.png") + 20
