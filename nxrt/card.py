@@ -15,6 +15,8 @@ NORMALIZE = ("zscore", "minmax", "none")
 #: prediction = argmax), sigmoid (independent per-channel probabilities: p > 0.5), logits
 #: (independent per-channel logits: > 0)
 ACTIVATIONS = ("softmax", "sigmoid", "logits")
+#: how a case of another size meets the model's grid: a centre crop/pad, or resampling
+GRIDS = ("crop", "resample")
 PREFIX = "nxrt."
 
 
@@ -29,6 +31,7 @@ class ModelCard:
     normalize: str | None = None
     spatial_shape: list[int] | None = None
     activation: str | None = None
+    grid: str | None = None
     extra: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -51,6 +54,8 @@ class ModelCard:
             self.normalize = _choice(key, value, NORMALIZE)
         elif key == "activation":
             self.activation = _choice(key, value, ACTIVATIONS)
+        elif key == "grid":
+            self.grid = _choice(key, value, GRIDS)
         elif key in ("channels", "labels"):
             items = [v.strip() for v in value.split(",") if v.strip()]
             setattr(self, key, items or None)

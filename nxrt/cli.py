@@ -160,10 +160,13 @@ def _import_nibabel() -> None:
 @click.option("--slice", "slice_spec", default=None, metavar="ORIENTATION[:INDEX]",
               help="A 2D model on 3D cases: the slice to explain (axial, coronal or sagittal, e.g. axial:77); "
                    "default axial through the tumour (or the brain's middle).")
+@click.option("--resample", is_flag=True, default=None,
+              help="Resample each case into the model's grid instead of centre-cropping/padding it "
+                   "(the card's nxrt.grid=resample does the same).")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
 @click.option("--resume", is_flag=True, help="Skip cases whose outputs are complete.")
 def explain(model, cases, methods, targets, out, assignments, channels, region, layer, steps, samples, noise, rule,
-            interpolation, task, layout, provider, batch_size, max_memory, slice_spec, overwrite, resume):
+            interpolation, task, layout, provider, batch_size, max_memory, slice_spec, resample, overwrite, resume):
     """Explain MODEL on each CASE and write maps that overlay the scan.
 
     A CASE is a 4D NIfTI (channels last), a BraTS case folder or file prefix (2021 or 2023 names), or
@@ -211,7 +214,7 @@ def explain(model, cases, methods, targets, out, assignments, channels, region, 
             held.append(f"nxrt: warning: {line}")
 
     request = CaseRequest(methods, target=list(targets) or None, region=regions.from_cli(region), params=params,
-                          slice_spec=slice_spec, overwrite=overwrite, resume=resume,
+                          slice_spec=slice_spec, resample=resample or None, overwrite=overwrite, resume=resume,
                           channel_files=channel_files or None, warn=warn)
 
     def progress(k, n, name, method, left):

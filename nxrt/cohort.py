@@ -75,6 +75,7 @@ class CaseRequest:
     region: Any = None
     params: dict = field(default_factory=dict)
     slice_spec: str | None = None
+    resample: bool | None = None  # None: the card's nxrt.grid
     overwrite: bool = False
     resume: bool = False
     channel_files: dict | None = None
@@ -124,7 +125,7 @@ class CaseJob:
         try:
             result = explain_case(self.explainer, case, req.methods, target=req.target, region=req.region,
                                   params=req.params, slice_spec=req.slice_spec, progress=progress, on_ready=writer,
-                                  load_seconds=load_seconds, warn=req.warn)
+                                  load_seconds=load_seconds, warn=req.warn, resample=req.resample)
         except BaseException:
             writer.abort()
             shutil.rmtree(stage, ignore_errors=True)

@@ -9,7 +9,7 @@ import numpy as np
 from ..errors import InputError
 from .cases import Case
 from .orientation import VIEW_WORLD_AXIS, view_axis
-from .preprocess import prepare
+from .preprocess import Geometry, prepare
 
 
 def model_spatial_shape(explainer) -> tuple[int, ...] | None:
@@ -95,7 +95,10 @@ def assumption_line(model, assumed: dict[str, str]) -> str:
 
 
 def cropped_away(case: Case, geometry) -> float:
-    """The share of the scan's nonzero voxels (first channel) that the model's crop leaves out."""
+    """The share of the scan's nonzero voxels (first channel) that the model's crop leaves out
+    (0 for a resampled case: it is seen whole)."""
+    if not isinstance(geometry, Geometry):
+        return 0.0
     total = case.moments[0].count if case.moments else int(np.count_nonzero(case.data[..., 0]))
     if not total:
         return 0.0
@@ -103,17 +106,23 @@ def cropped_away(case: Case, geometry) -> float:
     return max(0.0, 1.0 - kept / total)
 
 
-def model_input(explainer, case: Case, slice_spec: str | None = None):
+def model_input(explainer, case: Case, slice_spec: str | None = None, resample: bool | None = None):
     """(x, geometry, slab, lift): the model's input for `case`, its geometry, the (axis, index)
     slice a 2D model explains in a 3D case (else None), and `lift`, which gives a model-space
     batch array of such a 2D model back the slice's axis (of size 1), so that every map of it is
-    written into the 3D image like a 3D model's (zero off the slice); None when not needed."""
+    written into the 3D image like a 3D model's (zero off the slice); None when not needed.
+    resample: resample the case into the model's grid instead of cropping it (None: the card's
+    nxrt.grid, crop when it is silent)."""
     spatial = model_spatial_shape(explainer)
     slab = choose_slab(case, model_spatial_rank(explainer), slice_spec)
     if slab is not None and spatial is None:  # a 2D model of any size: the slice as it is
         spatial = tuple(n for a, n in enumerate(case.spatial_shape) if a != slab[0])
     moments = case.moments if case.moments and len(case.moments) == case.data.shape[-1] else None
-    x, geometry = prepare(case.data, spatial, explainer.layout, explainer.card.normalize, moments, slab)
+    resample = explainer.card.grid == "resample" if resample is None else resample
+    if resample and slab is not None:
+        raise InputError("--resample is for models of the case's dimension; a 2D model explains one slice "
+                         "(--slice), which is cropped: drop --resample")
+    x, geometry = prepare(case.data, spatial, explainer.layout, explainer.card.normalize, moments, slab, resample)
     if slab is None:
         return x, geometry, None, None
     axis = explainer.layout.spatial_axes(x.ndim)[slab[0]]

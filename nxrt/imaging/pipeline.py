@@ -73,7 +73,8 @@ class CaseResult:
 def explain_case(explainer, case: Case, methods: Sequence[str], target=None, region=None,
                  params: dict | None = None, slice_spec: str | None = None, progress=None,
                  on_ready: Callable[[str, CaseResult, str | None], None] | None = None,
-                 load_seconds: float = 0.0, warn: Callable[[str], None] | None = None) -> CaseResult:
+                 load_seconds: float = 0.0, warn: Callable[[str], None] | None = None,
+                 resample: bool | None = None) -> CaseResult:
     """Explain `case` with every method; returns the CaseResult (writes nothing).
 
     params: {method: {param: value}} (aliases accepted). region: None, "predicted", a
@@ -83,7 +84,8 @@ def explain_case(explainer, case: Case, methods: Sequence[str], target=None, reg
     result, name): called with "prediction" once the labels exist, and "method" (with its name)
     after each method. load_seconds: the caller's time reading the case, reported with the
     preprocessing. warn(line): told each warning of a method's result ("<case>: <method>: ..."),
-    which summary.json also records under the method's "warnings".
+    which summary.json also records under the method's "warnings". resample: resample the case into
+    the model's grid instead of centre-cropping it (None: the card's nxrt.grid; see inputs.model_input).
     """
     methods = canonical(methods)
     params = {canonical([k])[0]: v for k, v in (params or {}).items()}
@@ -91,13 +93,13 @@ def explain_case(explainer, case: Case, methods: Sequence[str], target=None, reg
     want = model_channels(explainer)
     if want is not None and case.data.shape[-1] != want:
         raise InputError(f"case '{case.name}' has {case.data.shape[-1]} channels but the model input takes {want}")
-    x, geometry, slab, lift = model_input(explainer, case, slice_spec)
+    x, geometry, slab, lift = model_input(explainer, case, slice_spec, resample)
     lost = cropped_away(case, geometry) if slab is None else 0.0
     if lost > CROP_LOSS:
         if warn:
             warn(f"{case.name}: the model's centre crop {'x'.join(map(str, geometry.model_shape))} of the "
                  f"{'x'.join(map(str, case.spatial_shape))} scan leaves out {lost:.1%} of its nonzero voxels; "
-                 "check that the case is the size the model was trained on")
+                 "give --resample to resample the case into the model's grid instead (card: grid=resample)")
     region = to_model_grid(region, case, geometry, slab)
     lift = lift or (lambda a: a)
     result = CaseResult(case, geometry, slab, {})
@@ -137,6 +139,7 @@ def explain_case(explainer, case: Case, methods: Sequence[str], target=None, reg
     summary.update({"case": case.name, "sources": case.sources, "channels": case.channels, "task": explainer.task,
                     "model_input_shape": list(x.shape), "image_shape": list(case.spatial_shape),
                     "assumed": assumed_settings(explainer), "cropped_away": round(lost, 6),
+                    "grid": "crop" if isinstance(geometry, Geometry) else "resample",
                     "forward_pass": f"shared with {first[0].method}" if shared else "separate", "methods": {}})
     if slab is not None:
         summary["slice"] = {"orientation": view_of_axis(slab[0], case.affine), "voxel_axis": slab[0],
@@ -194,7 +197,7 @@ class _CaseStats:
         if case.seg is not None:
             self.tumour = geometry.inside_of_image(case.seg) > 0  # the true tumour, on the model's crop
             self.tumour_share = float(np.count_nonzero(case.seg) / max(1, _brain_voxels(case.data)))
-        self.origin = np.array(geometry.image_origin(), np.float64)
+        self.resampled = not isinstance(geometry, Geometry)
 
     def predict(self, out: np.ndarray, summary: dict) -> np.ndarray:
         """Labels of one sample's segmentation output (model space) and the summary's counts.
@@ -226,7 +229,10 @@ class _CaseStats:
         self.labels_model = labels_model
         found, counts = np.unique(inside_labels, return_counts=True)
         voxels = {int(v): int(n) for v, n in zip(found, counts, strict=True)}
-        voxels[0] = voxels.get(0, 0) + self.image_voxels - inside_labels.size  # the image outside the crop
+        if self.resampled:  # counted on the image grid the labels are written on
+            found, counts = np.unique(self.geometry.to_image(labels_model), return_counts=True)
+            voxels = {int(v): int(n) for v, n in zip(found, counts, strict=True)}
+        voxels[0] = voxels.get(0, 0) + self.geometry.uncovered_voxels()  # the image outside the crop
         summary["prediction"] = {"rule": "argmax over the channels (softmax)",
                                  "voxels_per_label": dict(sorted(voxels.items())), "label_names": self.card.labels}
         return labels_model
@@ -239,13 +245,14 @@ class _CaseStats:
         magnitude = geometry.inside(model_magnitude)  # the image outside the crop has none
         # the percentile is taken over the whole image (a 2D model's whole slice), as DESIGN.md
         # defines the display map
-        top = display_scale(magnitude, extra_zeros=self.shown_voxels - magnitude.size)
+        extra = self.shown_voxels - magnitude.size if self.slab is not None else geometry.uncovered_voxels()
+        top = display_scale(magnitude, extra_zeros=max(0, extra))
         display = InImageGrid(np.minimum(model_magnitude, top) / np.float32(top), geometry)
         ijk = centre_of_mass(magnitude)
         entry = {"target": e.targets[0], "params": _plain(e.params), "seconds": round(seconds, 4),
                  "session_build_seconds": round(e.build_seconds, 4),
                  "centroid_mm": None if ijk is None else
-                 [round(float(v), 3) for v in (self.case.affine @ np.append(ijk + self.origin, 1.0))[:3]]}
+                 [round(float(v), 3) for v in (self.case.affine @ np.append(geometry.image_index(ijk), 1.0))[:3]]}
         if e.layer is not None:
             entry["layer"] = e.layer
         for key in ("delta", "delta_relative"):  # IG's completeness error
@@ -264,7 +271,7 @@ class _CaseStats:
     def figure_inputs(self, result: CaseResult) -> FigureInputs:
         case, slab = self.case, self.slab
         maps = {name: m.display for name, m in result.methods.items()}
-        center = list(_figure_center(case, self.pred_mask, self.origin, maps))
+        center = list(_figure_center(case, self.pred_mask, self.geometry, maps))
         if slab is not None:  # the explained slice is the one shown across the slab's axis
             center[slab[0]] = slab[1]
         bg = case.channels.index("flair") if "flair" in case.channels else 0
@@ -292,16 +299,16 @@ def _plain(params: dict) -> dict:
     return out
 
 
-def _figure_center(case: Case, pred_mask, origin: np.ndarray, maps) -> tuple[float, ...]:
+def _figure_center(case: Case, pred_mask, geometry, maps) -> tuple[float, ...]:
     """Slices through the tumour (true, else predicted), else through the first map's centroid.
-    pred_mask: on the model's crop, whose first voxel is image voxel `origin`."""
+    pred_mask: on the model's grid, inside the image (`geometry.inside`)."""
     if case.seg is not None and np.any(case.seg):
         return tuple(centre_of_mass(case.seg > 0))
     if pred_mask is not None and pred_mask.any():
-        return tuple(centre_of_mass(pred_mask) + origin)
+        return tuple(geometry.image_index(centre_of_mass(pred_mask)))
     if maps:
         first = next(iter(maps.values()))
         ijk = centre_of_mass(first.geometry.inside(first.volume))
         if ijk is not None:
-            return tuple(ijk + origin)
+            return tuple(geometry.image_index(ijk))
     return tuple(s / 2 for s in case.spatial_shape)

@@ -70,6 +70,14 @@ class Geometry:
         """Image index of the first voxel of `inside(...)` (add it to an index found in that view)."""
         return tuple(s.start for s in self._slices()[0])
 
+    def image_index(self, ijk: np.ndarray) -> np.ndarray:
+        """The image voxel index (fractional) of an index found in `inside(...)`."""
+        return np.asarray(ijk, np.float64) + np.array(self.image_origin(), np.float64)
+
+    def uncovered_voxels(self) -> int:
+        """Image voxels the model grid does not see (zeros of every map there)."""
+        return int(np.prod(self.image_shape)) - int(np.prod([s.stop - s.start for s in self._slices()[0]]))
+
     def to_image(self, volume: np.ndarray, fill: float = 0.0) -> np.ndarray:
         """[*model_shape, ...] -> [*image_shape, ...]: the exact inverse (cropped regions get `fill`)."""
         src, dst = self._slices()
@@ -77,6 +85,62 @@ class Geometry:
         out = np.full(self.image_shape + volume.shape[len(self.model_shape):], fill, dtype=volume.dtype, order="F")
         out[src] = volume[dst]
         return out
+
+
+@dataclass(frozen=True)
+class Resampled:
+    """The image grid resampled into the model grid (`--resample`), instead of a centre crop/pad:
+    every axis is scaled on its own (linear for values, nearest for labels and masks, half-pixel
+    centres, as torch's interpolate with align_corners=False), and every map goes back the same way.
+    The whole image is seen, so `inside` is everything; world coordinates follow `model_affine`."""
+
+    image_shape: tuple[int, ...]
+    model_shape: tuple[int, ...]
+
+    @property
+    def scale(self) -> np.ndarray:
+        """Image voxels per model voxel, per axis."""
+        return np.array(self.image_shape, np.float64) / np.array(self.model_shape, np.float64)
+
+    def to_model(self, volume: np.ndarray, fill: float = 0.0) -> np.ndarray:
+        return _resample(volume, len(self.image_shape), self.model_shape)
+
+    def to_image(self, volume: np.ndarray, fill: float = 0.0) -> np.ndarray:
+        return np.asfortranarray(_resample(volume, len(self.model_shape), self.image_shape))
+
+    def inside(self, volume: np.ndarray) -> np.ndarray:
+        return volume
+
+    def inside_of_image(self, volume: np.ndarray) -> np.ndarray:
+        return self.to_model(volume)
+
+    def image_index(self, ijk: np.ndarray) -> np.ndarray:
+        return (np.asarray(ijk, np.float64) + 0.5) * self.scale - 0.5
+
+    def uncovered_voxels(self) -> int:
+        return 0
+
+    def model_affine(self, affine: np.ndarray) -> np.ndarray:
+        """The affine of the model grid: model voxel m sits at image index (m + 0.5) * scale - 0.5."""
+        step = np.eye(4)
+        step[:3, :3] = np.diag(self.scale)
+        step[:3, 3] = 0.5 * self.scale - 0.5
+        return np.asarray(affine, np.float64) @ step
+
+
+def _resample(volume: np.ndarray, rank: int, shape) -> np.ndarray:
+    """[*spatial, *trailing] -> [*shape, *trailing]: linear for floats, nearest for bool/int (the
+    labels keep their values), through onnxruntime's Resize (nxrt.postprocess.resize)."""
+    from ..postprocess import resize
+
+    volume = np.asarray(volume)
+    trailing = volume.shape[rank:]
+    stacked = volume.reshape(volume.shape[:rank] + (-1,))
+    stacked = np.moveaxis(stacked, -1, 0)[None]  # [1, T, *spatial]
+    labels = not np.issubdtype(volume.dtype, np.floating)
+    out = resize(stacked.astype(np.float32), tuple(shape), "nearest" if labels else "linear")[0]
+    out = np.moveaxis(out, 0, -1).reshape(tuple(shape) + trailing)
+    return out.astype(volume.dtype) if labels else out.astype(volume.dtype, copy=False)
 
 
 class InImageGrid:
@@ -88,19 +152,29 @@ class InImageGrid:
     `np.asarray(...)` still gives the full array.
     """
 
-    def __init__(self, volume: np.ndarray, geometry: Geometry, fill: float = 0.0):
+    def __init__(self, volume: np.ndarray, geometry: Geometry | Resampled, fill: float = 0.0):
         self.volume, self.geometry, self.fill = volume, geometry, fill
         self.trailing = tuple(volume.shape[len(geometry.model_shape):])
         self.shape = tuple(geometry.image_shape) + self.trailing
         self.dtype = volume.dtype
         self.ndim = len(self.shape)
+        self._full = None  # a resampled geometry has no cheap partial view: built once when asked
 
     def __array__(self, dtype=None, copy=None):
-        out = self.geometry.to_image(self.volume, self.fill)
+        out = self._whole()
         return out if dtype is None else out.astype(dtype, copy=False)
+
+    def _whole(self) -> np.ndarray:
+        if not isinstance(self.geometry, Geometry):
+            if self._full is None:
+                self._full = self.geometry.to_image(self.volume, self.fill)
+            return self._full
+        return self.geometry.to_image(self.volume, self.fill)
 
     def __getitem__(self, key) -> np.ndarray:
         """Integer indices and full slices (`[:, :, z]`, `[x]`), over the spatial axes only."""
+        if not isinstance(self.geometry, Geometry):
+            return np.ascontiguousarray(self._whole()[key])
         key = key if isinstance(key, tuple) else (key,)
         g = self.geometry
         key = key + (slice(None),) * (len(g.image_shape) - len(key))
@@ -127,6 +201,9 @@ class InImageGrid:
         """The image-grid array's bytes in Fortran (NIfTI) order, as a sequence of F-ordered arrays
         of about `block_bytes` each: a run of planes along the last spatial axis, one trailing index
         (channel) at a time, since in Fortran order the trailing axes vary slowest."""
+        if not isinstance(self.geometry, Geometry):
+            yield self._whole()
+            return
         g = self.geometry
         plane = int(np.prod(g.image_shape[:-1], dtype=np.int64)) * self.dtype.itemsize
         step = max(1, block_bytes // max(1, plane))
@@ -219,7 +296,7 @@ def _normalize_in_place(values: np.ndarray, mode: str, stat: tuple[float, float]
 
 def prepare(data: np.ndarray, model_spatial: tuple[int, ...] | None, layout: str,
             mode: str | None, moments: list[Moments] | None = None,
-            slab: tuple[int, int] | None = None) -> tuple[np.ndarray, Geometry]:
+            slab: tuple[int, int] | None = None, resample: bool = False) -> tuple[np.ndarray, Geometry | Resampled]:
     """[*spatial, C] image data -> ([1, C, *model_spatial] or [1, *model_spatial, C], geometry).
 
     moments: each channel's `Moments` if the reader gathered them (`Case.moments`); else they
@@ -228,7 +305,8 @@ def prepare(data: np.ndarray, model_spatial: tuple[int, ...] | None, layout: str
 
     The statistics come from the whole image; only the model's crop is normalised (4x less work on
     a BraTS case whose 240x240x155 grid is cropped to 128^3), one channel at a time, in the
-    model's layout."""
+    model's layout. resample=True: the whole image is normalised (so the background stays 0) and
+    then resampled into the model's grid (`Resampled`) instead of cropped."""
     spatial = data.shape[:-1]
     target = tuple(model_spatial) if model_spatial else spatial
     if slab is not None:
@@ -246,6 +324,8 @@ def prepare(data: np.ndarray, model_spatial: tuple[int, ...] | None, layout: str
     mode = mode or "none"
     if mode not in MODES:
         raise InputError(f"normalisation '{mode}' is not one of {', '.join(MODES)}")
+    if resample and slab is None and tuple(target) != tuple(spatial):
+        return _prepare_resampled(data, tuple(target), Layout.of(layout), mode, moments)
     src, dst = geometry._slices()
     channels = data.shape[-1]
     layout = Layout.of(layout)
@@ -259,6 +339,19 @@ def prepare(data: np.ndarray, model_spatial: tuple[int, ...] | None, layout: str
         # normalising the strided crop into temporaries
         into[...] = data[(*src, c)]
         _normalize_in_place(into, mode, stat)
+    return arr, geometry
+
+
+def _prepare_resampled(data, target, layout: Layout, mode: str, moments) -> tuple[np.ndarray, Resampled]:
+    geometry = Resampled(tuple(data.shape[:-1]), target)
+    channels = data.shape[-1]
+    arr = np.zeros(layout.shape(channels, target), np.float32)
+    first = layout.to_channels_first(arr)[0]
+    for c in range(channels):
+        stat = channel_stat(data[..., c], mode, moments[c] if moments else None)
+        whole = np.array(data[..., c], dtype=np.float32, order="F")
+        _normalize_in_place(whole, mode, stat)
+        first[c] = geometry.to_model(whole)
     return arr, geometry
 
 
