@@ -9,6 +9,11 @@ Entries are written to a unique temporary name and renamed into place (two proce
 entry both succeed; the last rename wins with an identical file). Each entry carries a sidecar
 with the SHA-256 of its bytes: an entry that is truncated, corrupted or unreadable is detected,
 removed and rebuilt.
+
+The cache is capped: `NXRT_CACHE_MAX` (bytes or like 4G; default 2G) — after each new entry the
+least recently used ones (by the time they were last read or written) are removed until the rest
+fit. An entry a running process has already opened stays readable for it (POSIX unlink). `nxrt
+cache info` shows the folder, its entries and size; `nxrt cache clear` empties it.
 """
 
 from __future__ import annotations
@@ -28,6 +33,18 @@ from .graph import PROTOBUF_LIMIT, model_bytes, save_model
 #: bump when the augmentation output changes, so old entries are not reused
 FORMAT = 5  # 2: an intermediate `output=` tensor is a graph output; 3: keyed by the original model's hash;
 # 4: zero-gradient nodes recorded in the metadata; 5: a static region-mask input, the activation in the key
+
+
+#: the default size cap of the cache folder
+DEFAULT_MAX = 2 << 30
+
+
+def cache_max() -> int:
+    """The cache's size cap in bytes (`NXRT_CACHE_MAX`, default 2 GiB)."""
+    from .engine import parse_bytes
+
+    value = os.environ.get("NXRT_CACHE_MAX", "")
+    return parse_bytes(value) if value else DEFAULT_MAX
 
 
 def cache_dir() -> Path | None:
@@ -93,7 +110,9 @@ def load_entry(path: Path) -> onnx.ModelProto | None:
         data = path.with_name(path.name + ".data")
         if data.exists() and _file_digest(data) != info.get("data_sha256"):
             raise ValueError("data checksum mismatch")
-        return onnx.load(str(path))
+        model = onnx.load(str(path))
+        _touch(path)
+        return model
     except Exception:
         for p in (path, meta, path.with_name(path.name + ".data")):
             try:
@@ -136,6 +155,70 @@ def cached_entry(model_digest: str, options: dict,
     result = build()
     try:
         store_entry(path, result)
+        evict(root, cache_max(), keep=path)
     except OSError:
         return result, None  # a read-only or full cache folder must not stop the explanation
     return result, path
+
+
+def _touch(path: Path) -> None:
+    """Mark an entry as just used (its modification time orders the eviction)."""
+    try:
+        os.utime(path)
+    except OSError:
+        pass
+
+
+def entries(root: Path | None = None) -> list[tuple[Path, int, float]]:
+    """(entry file, bytes with its sidecar and external data, last use) of every cache entry."""
+    root = root if root is not None else cache_dir()
+    if root is None or not root.is_dir():
+        return []
+    out = []
+    for path in root.glob("*.onnx"):
+        parts = [path, path.with_suffix(".json"), path.with_name(path.name + ".data")]
+        try:
+            size = sum(p.stat().st_size for p in parts if p.exists())
+            out.append((path, size, path.stat().st_mtime))
+        except OSError:  # removed meanwhile by another process
+            continue
+    return out
+
+
+def remove_entry(path: Path) -> None:
+    for p in (path, path.with_suffix(".json"), path.with_name(path.name + ".data")):
+        try:
+            p.unlink()
+        except FileNotFoundError:
+            pass
+
+
+def evict(root: Path, cap: int, keep: Path | None = None) -> list[Path]:
+    """Remove the least recently used entries until the folder's entries fit `cap` (never `keep`,
+    the entry just written); returns what was removed."""
+    found = sorted(entries(root), key=lambda e: e[2])
+    total = sum(size for _, size, _ in found)
+    removed = []
+    for path, size, _ in found:
+        if total <= cap:
+            break
+        if keep is not None and path == keep:
+            continue
+        remove_entry(path)
+        removed.append(path)
+        total -= size
+    return removed
+
+
+def clear(root: Path | None = None) -> tuple[int, int]:
+    """Remove every entry (and any build folder left by a killed process); returns (entries, bytes)."""
+    root = root if root is not None else cache_dir()
+    found = entries(root)
+    for path, _, _ in found:
+        remove_entry(path)
+    if root is not None and root.is_dir():
+        import shutil
+
+        for leftover in root.glob(".build-*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+    return len(found), sum(size for _, size, _ in found)

@@ -386,6 +386,39 @@ def demo(out: Path, overwrite: bool) -> None:
     run_demo(out, overwrite=overwrite)
 
 
+@main.group("cache", invoke_without_command=True)
+@click.pass_context
+def cache_group(ctx: click.Context) -> None:
+    """The disk cache of augmented models ($NXRT_CACHE, default ~/.cache/nxrt; capped by
+    $NXRT_CACHE_MAX, default 2G, least recently used entries removed first)."""
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(cache_info)
+
+
+@cache_group.command("info")
+def cache_info() -> None:
+    """Where the cache is, how many entries it holds and their size, and its cap."""
+    from .cache import cache_dir, cache_max, entries
+
+    root = cache_dir()
+    if root is None:
+        click.echo("cache: off (NXRT_CACHE=off)")
+        return
+    found = entries(root)
+    size = sum(s for _, s, _ in found)
+    click.echo(f"cache: {root}\nentries: {len(found)}, {size / 2**20:.1f} MiB of {cache_max() / 2**20:.0f} MiB "
+               "(NXRT_CACHE_MAX)")
+
+
+@cache_group.command("clear")
+def cache_clear() -> None:
+    """Remove every cached augmented model (they are rebuilt when next needed)."""
+    from .cache import cache_dir, clear
+
+    count, size = clear()
+    click.echo(f"removed {count} entr{'y' if count == 1 else 'ies'} ({size / 2**20:.1f} MiB) from {cache_dir()}")
+
+
 @main.command("methods")
 def list_methods() -> None:
     """List the registered explanation methods (built-ins and installed plugins) and their parameters

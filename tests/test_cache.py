@@ -73,3 +73,50 @@ def test_cache_can_be_turned_off(tmp_path, monkeypatch):
         ex = nxrt.Explainer(tiny_classifier())
         ex.explain(X, "vanilla", target=0)
         assert ex.stats()["graphs_built"] == 1
+
+
+def test_the_cache_is_capped_and_evicts_the_least_recently_used(tmp_path, monkeypatch):
+    import time
+
+    from nxrt import cache
+
+    root = tmp_path / "cache"
+    monkeypatch.setenv("NXRT_CACHE", str(root))
+    model = tiny_classifier()
+
+    def build(method):  # one entry per kind of session: plain, guided, layers
+        nxrt.Explainer(model).explain(X, method, target=1)
+        time.sleep(0.05)  # distinct use times
+
+    build("vanilla")
+    ((plain, one, _),) = cache.entries(root)
+    monkeypatch.setenv("NXRT_CACHE_MAX", str(int(2.5 * one)))  # room for two entries of this size
+    build("guided_backprop")
+    build("vanilla")  # served from the cache: the plain entry is now the most recently used
+    assert len(cache.entries(root)) == 2
+    build("gradcam")  # a third entry: the guided one, least recently used, goes
+    kept = {p for p, _, _ in cache.entries(root)}
+    assert plain in kept and len(kept) == 2
+    assert sum(size for _, size, _ in cache.entries(root)) <= int(2.5 * one)
+    again = nxrt.Explainer(model)
+    again.explain(X, "guided_backprop", target=1)
+    assert again.stats()["graphs_built"] == 1  # it was evicted, so rebuilt
+
+
+def test_cache_info_and_clear(tmp_path):
+    env = {"NXRT_CACHE": str(tmp_path / "cache"), "PATH": ""}
+    path = tmp_path / "m.onnx"
+    onnx.save_model(tiny_classifier(), str(path))
+    script = f"import numpy as np, nxrt; nxrt.Explainer({str(path)!r}).explain(np.ones((1, 3, 8, 8), np.float32))"
+    assert subprocess.run([sys.executable, "-c", script], env=env).returncode == 0
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "nxrt.cli", "cache", *args], capture_output=True, text=True,
+                              env={**env, "NXRT_CACHE_MAX": "512M"})
+
+    info = cli("info")
+    assert info.returncode == 0 and f"cache: {tmp_path / 'cache'}" in info.stdout
+    assert "entries: 1, " in info.stdout and "of 512 MiB" in info.stdout
+    cleared = cli("clear")
+    assert cleared.returncode == 0 and "removed 1 entry" in cleared.stdout
+    assert "entries: 0, 0.0 MiB" in cli("info").stdout and not list((tmp_path / "cache").glob("*.onnx"))
