@@ -64,6 +64,20 @@ class Model:
 
         return model_hash(self.proto)
 
+    @functools.cached_property
+    def file_sha256(self) -> str | None:
+        """SHA-256 of the model file as it is on disk (what `sha256sum model.onnx` prints), or None
+        for a model given in memory."""
+        if not self.source or not os.path.isfile(self.source):
+            return None
+        import hashlib
+
+        h = hashlib.sha256()
+        with open(self.source, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        return h.hexdigest()
+
     def conv_layers(self) -> list[str]:
         """Output tensors of every Conv/ConvTranspose node, in graph order (Grad-CAM candidates)."""
         return conv_outputs(self.proto)

@@ -78,7 +78,11 @@ class OverviewFigure(Output):
 
 class SummaryJSON(Output):
     def close(self, result, folder):
+        from .pipeline import _utc_now
+
         summary = dict(result.summary)
+        if "provenance" in summary:
+            summary["provenance"] = {**summary["provenance"], "finished_utc": _utc_now()}
         summary["timings"] = {k: round(v, 4) for k, v in result.timings.items()}
         save_json(folder / SUMMARY, summary)
 

@@ -13,6 +13,7 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 
@@ -89,6 +90,7 @@ def explain_case(explainer, case: Case, methods: Sequence[str], target=None, reg
     """
     methods = canonical(methods)
     params = {canonical([k])[0]: v for k, v in (params or {}).items()}
+    started = _utc_now()
     t0 = time.perf_counter()
     want = model_channels(explainer)
     if want is not None and case.data.shape[-1] != want:
@@ -137,6 +139,7 @@ def explain_case(explainer, case: Case, methods: Sequence[str], target=None, reg
     timings["forward_s"] = time.perf_counter() - t
     summary = result.summary
     summary.update({"case": case.name, "sources": case.sources, "channels": case.channels, "task": explainer.task,
+                    "provenance": provenance(explainer, started),
                     "model_input_shape": list(x.shape), "image_shape": list(case.spatial_shape),
                     "assumed": assumed_settings(explainer), "cropped_away": round(lost, 6),
                     "grid": "crop" if isinstance(geometry, Geometry) else "resample",
@@ -249,7 +252,10 @@ class _CaseStats:
         top = display_scale(magnitude, extra_zeros=max(0, extra))
         display = InImageGrid(np.minimum(model_magnitude, top) / np.float32(top), geometry)
         ijk = centre_of_mass(magnitude)
-        entry = {"target": e.targets[0], "params": _plain(e.params), "seconds": round(seconds, 4),
+        names = self.card.labels
+        entry = {"target": e.targets[0],
+                 "target_labels": [names[t] for t in e.targets[0]] if names and max(e.targets[0]) < len(names)
+                 else None, "params": _plain(e.params), "seconds": round(seconds, 4),
                  "session_build_seconds": round(e.build_seconds, 4),
                  "centroid_mm": None if ijk is None else
                  [round(float(v), 3) for v in (self.case.affine @ np.append(geometry.image_index(ijk), 1.0))[:3]]}
@@ -281,6 +287,35 @@ class _CaseStats:
         first = next(iter(result.summary["methods"].values()), None)
         title = f"{case.name}: {self.task}, target {first['target']}" if first else case.name
         return FigureInputs(case.data[..., bg], center, title, contour, views)
+
+
+def _utc_now() -> str:
+    from datetime import datetime, timezone
+
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def provenance(explainer, started: str) -> dict:
+    """Which model, which software, which provider and which command made a case's outputs."""
+    import shlex
+    import sys
+    from importlib.metadata import PackageNotFoundError, version
+
+    def installed(name: str) -> str | None:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return None
+
+    import onnxruntime
+
+    model = explainer.model
+    return {"model": {"path": str(Path(model.source).resolve()) if model.source else None,
+                      "sha256": model.file_sha256, "card": explainer.card.to_props()},
+            "versions": {"nxrt": installed("nxrt"), "onnxruntime": onnxruntime.__version__,
+                         "onnx": installed("onnx"), "numpy": np.__version__, "nibabel": installed("nibabel")},
+            "provider": explainer.providers[0], "command": shlex.join(["nxrt", *sys.argv[1:]]),
+            "started_utc": started}
 
 
 def _brain_voxels(data: np.ndarray) -> int:
