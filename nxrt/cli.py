@@ -202,10 +202,6 @@ def explain(model, cases, methods, targets, out, assignments, channels, region, 
     # One case says its notes and warnings once it is done (if it fails, its error is the one line);
     # a cohort says them as they come.
     held: list[str] = _assumptions(ex, model)
-    if cohort:
-        for line in held:
-            click.echo(line, err=True)
-        held.clear()
 
     def warn(line: str) -> None:
         if cohort:
@@ -218,6 +214,10 @@ def explain(model, cases, methods, targets, out, assignments, channels, region, 
                           channel_files=channel_files or None, warn=warn)
 
     def progress(k, n, name, method, left):
+        if cohort and held:  # said once the work starts (refusals before it stay one line)
+            for line in held:
+                click.echo(line, err=True)
+            held.clear()
         if show:
             click.echo(f"[{k}/{n}] {name}: {method}" + (f", about {left:.0f} s left" if left else ""), err=True)
 

@@ -12,8 +12,13 @@ runner (a cluster) implements the same `run(job, items, isolate)` and touches no
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
+import secrets
 import shutil
+import signal
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -35,21 +40,92 @@ def case_finished(folder: Path) -> bool:
     return (Path(folder) / SUMMARY).exists()
 
 
+#: this run's part of every staging folder name: the process and a random token
+RUN_TAG = f"{os.getpid()}-{secrets.token_hex(4)}"
+
+
 def staging_folder(out_root: Path, name: str) -> Path:
-    """The hidden folder a case is written into before its commit (one per process)."""
-    return Path(out_root) / f".{name}.partial{os.getpid()}"
+    """The hidden folder a case is written into before its commit: unique per case and per run
+    (`.NAME.partial-PID-TOKEN`), so two runs never share one, even on one machine."""
+    return Path(out_root) / f".{name}.partial-{RUN_TAG}"
 
 
 def commit(stage: Path, final: Path) -> None:
     """Move a staged case into place (an existing folder is replaced: the caller checked that
-    replacing it was asked for)."""
+    replacing it was asked for). Killed between the two renames, the previous folder survives as
+    `.NAME.old-PID-TOKEN`, which the next run puts back (`clean_stale`)."""
     old = None
     if final.exists():
-        old = final.with_name(f".{final.name}.old{os.getpid()}")
+        old = final.with_name(f".{final.name}.old-{RUN_TAG}")
         os.replace(final, old)
     os.replace(stage, final)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+_LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?P<kind>partial|old)-?(?P<pid>\d+)(-[0-9a-f]+)?$")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def clean_stale(out_root: Path) -> list[Path]:
+    """Remove the staging folders of runs that are gone (a SIGKILL leaves them) and put back a
+    case folder a killed commit had moved aside; folders of live runs are left alone."""
+    out_root = Path(out_root)
+    handled = []
+    if not out_root.is_dir():
+        return handled
+    for path in sorted(out_root.iterdir()):
+        m = _LEFTOVER.match(path.name)
+        if not m or not path.is_dir() or _alive(int(m.group("pid"))):
+            continue
+        final = out_root / m.group("name")
+        if m.group("kind") == "old" and not final.exists():
+            os.replace(path, final)  # the commit was killed after moving the old case aside
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+        handled.append(path)
+    return handled
+
+
+class Interrupted(BaseException):
+    """SIGINT / SIGTERM / SIGHUP during a run (raised in the main thread by `stop_on_signals`)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+        self.outcomes: list[CaseOutcome] = []
+
+
+@contextlib.contextmanager
+def stop_on_signals():
+    """Turn SIGINT, SIGTERM and SIGHUP into `Interrupted` in the main thread (once: a second signal
+    while the run stops is ignored, so the committing cases finish), and restore the handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    fired = []
+
+    def handler(signum, frame):
+        if not fired:
+            fired.append(signum)
+            raise Interrupted(signum)
+
+    names = [s for s in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, s)]
+    previous = {name: signal.signal(getattr(signal, name), handler) for name in names}
+    try:
+        yield
+    finally:
+        for name, old in previous.items():
+            signal.signal(getattr(signal, name), old)
 
 
 @dataclass(frozen=True)
@@ -182,6 +258,7 @@ class LocalRunner:
                         left = elapsed / max(k - 1, 1) * (len(items) - k + 1) if k > 1 else None
                         progress(k, len(items), Path(str(label)).name, method, left)
 
+                submitted = False
                 try:
                     finish = job.start(source, report)
                     if finisher is None:
@@ -189,11 +266,21 @@ class LocalRunner:
                     else:
                         outcomes.append(None)
                         waiting.append((len(outcomes) - 1, Path(str(label)).name, finisher.submit(finish), t0))
+                        submitted = True
                         settle(self.overlap)
                 except NxrtError as exc:
                     if not isolate:
                         raise
                     outcomes.append(CaseOutcome(Path(str(label)).name, f"FAILED: {exc}", time.perf_counter() - t0))
+                except Interrupted as stop:
+                    # the cases already explained finish and commit; this one's staging is gone
+                    settle(0)
+                    name = signal.Signals(stop.signum).name
+                    if not submitted:
+                        outcomes.append(CaseOutcome(Path(str(label)).name, f"stopped ({name})"))
+                    outcomes.extend(CaseOutcome(Path(str(lb)).name, "not started") for lb, _ in items[k:])
+                    stop.outcomes = [o for o in outcomes if o is not None]
+                    raise
             settle(0)
         finally:
             if finisher is not None:
@@ -207,6 +294,7 @@ class CohortReport:
 
     outcomes: list[CaseOutcome]
     out: Path
+    signal: int | None = None  # the signal that stopped the run, if one did
 
     @property
     def failed(self) -> list[CaseOutcome]:
@@ -214,21 +302,52 @@ class CohortReport:
 
     @property
     def exit_code(self) -> int:
-        """0 when every case is done or skipped, else the number of failed cases (at most 100)."""
+        """128 + the signal when one stopped the run (130 SIGINT, 143 SIGTERM, 129 SIGHUP); else 0
+        when every case is done or skipped, else the number of failed cases (at most 100)."""
+        if self.signal is not None:
+            return 128 + self.signal
         return min(len(self.failed), 100)
 
     def lines(self) -> list[str]:
         width = max((len(o.name) for o in self.outcomes), default=0)
         rows = [f"{o.name:<{width}}  {o.status}" + (f"  ({o.seconds:.1f} s)" if o.status == "ok" else "")
                 for o in self.outcomes]
-        done = len(self.outcomes) - len(self.failed)
-        return rows + [f"{done} of {len(self.outcomes)} case(s) done; outputs in {self.out}/"]
+        done = sum(o.status == "ok" or o.status.startswith("skipped") for o in self.outcomes)
+        tail = f"{done} of {len(self.outcomes)} case(s) done; outputs in {self.out}/"
+        if self.signal is not None:
+            tail += f" (stopped by {signal.Signals(self.signal).name}; --resume finishes the rest)"
+        return rows + [tail]
+
+
+def check_distinct(items: Sequence[Item], channel_files: dict | None = None) -> None:
+    """Refuse, before any work, cases that would be written to the same output folder (two
+    `scan.nii.gz` in different folders, one BraTS ID twice): one line naming both inputs."""
+    from .imaging.cases import case_name, strip_nifti
+
+    seen: dict[str, str] = {}
+    for label, source in items:
+        if source is None:
+            name = strip_nifti(Path(next(iter((channel_files or {}).values()), "case")).name)
+        else:
+            name = case_name(source)
+        if name in seen:
+            raise InputError(f"{seen[name]} and {label} are both case '{name}' and would share the output folder "
+                             f"{name}/; give them distinct file or folder names, or run them into different -o")
+        seen[name] = str(label)
 
 
 def run_cohort(explainer, items: Sequence[Item], out: Path, request: CaseRequest, runner: Runner | None = None,
                progress: Progress | None = None) -> CohortReport:
     """Every item (label, source) through `explainer` into `out`; one case raises its error, a
-    cohort isolates each case's (see LocalRunner)."""
+    cohort isolates each case's (see LocalRunner). Cases that would share an output folder are
+    refused first."""
+    check_distinct(items, request.channel_files)
+    clean_stale(out)
     runner = runner or LocalRunner()
     job = CaseJob(explainer, out, request)
-    return CohortReport(runner.run(job, items, isolate=len(items) > 1, progress=progress), Path(out))
+    with stop_on_signals():
+        try:
+            return CohortReport(runner.run(job, items, isolate=len(items) > 1, progress=progress), Path(out))
+        except Interrupted as stop:
+            outcomes = stop.outcomes or [CaseOutcome(Path(str(label)).name, "stopped") for label, _ in items]
+            return CohortReport(outcomes, Path(out), stop.signum)

@@ -175,6 +175,15 @@ def _brats_stem(path: Path) -> Path | None:
     return path if not path.exists() or not path.is_file() else None
 
 
+def case_name(source: str | Path) -> str:
+    """The name `load_case` gives the case at `source` (its output folder), without reading it."""
+    path = Path(source)
+    if path.is_file():
+        return strip_nifti(path.name)
+    stem = _brats_stem(path)
+    return stem.name if stem is not None else path.name
+
+
 def load_case(source: str | Path | None = None, channels: Sequence[str] | None = None,
               channel_files: dict[str, str] | None = None, name: str | None = None) -> Case:
     """Read a case from a 4D NIfTI, a BraTS folder/prefix, or explicit {channel: file} pairs.
