@@ -26,8 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from .case_folder import CaseLock, asked, carry, merged_summary, plan
 from .errors import InputError, NxrtError
-from .imaging.outputs import DEFAULT_OUTPUTS, SUMMARY, CaseWriter, Output
+from .imaging.outputs import DEFAULT_OUTPUTS, SUMMARY, CaseWriter, Output, kept_display_maps
 
 #: a cohort item: (label shown when the case cannot even be loaded, source for `load_case`)
 Item = tuple[str, Any]
@@ -178,43 +179,60 @@ class CaseJob:
             case = load_case(source, channels=self.explainer.card.channels, channel_files=req.channel_files or None)
         finally:
             forget_prefetched()
-        load_seconds = time.perf_counter() - t0
-        final = self.out / case.name
-        if req.resume and case_finished(final):
-            return lambda: CaseOutcome(case.name, "skipped (finished)")
-        return self.explain(case, progress, load_seconds, t0)
+        return self.explain(case, progress, time.perf_counter() - t0, t0)
 
     def explain(self, case, progress=None, load_seconds: float = 0.0, t0: float | None = None):
-        """The part of `start` after loading (for callers that hold a loaded case)."""
-        from .imaging.pipeline import explain_case
-
+        """The part of `start` after loading (for callers that hold a loaded case). The case
+        folder is locked from here to the commit (case_folder.CaseLock)."""
         t0 = time.perf_counter() if t0 is None else t0
+        lock = CaseLock(self.out, case.name).acquire()
+        try:
+            return self._explain(case, progress, load_seconds, t0, lock)
+        except BaseException:
+            lock.release()
+            raise
+
+    def _explain(self, case, progress, load_seconds, t0, lock):
+        from .imaging.pipeline import explain_case
+        from .registry import canonical
+
         req = self.request
         final = self.out / case.name
-        if final.exists() and not (req.overwrite or req.resume):  # (--resume: an unfinished case is redone)
-            raise InputError(f"{final} exists; pass --overwrite to replace it or --resume to skip finished cases")
+        todo = plan(final, canonical(req.methods), req, self.explainer.model.file_sha256)
+        if todo.nothing_to_do:
+            lock.release()
+            return lambda: CaseOutcome(case.name, "skipped (finished)")
         stage = staging_folder(self.out, case.name)
         if stage.exists():
             shutil.rmtree(stage)
         stage.mkdir(parents=True)
         writer = CaseWriter(stage, req.outputs)
         try:
-            result = explain_case(self.explainer, case, req.methods, target=req.target, region=req.region,
+            result = explain_case(self.explainer, case, todo.run, target=req.target, region=req.region,
                                   params=req.params, slice_spec=req.slice_spec, progress=progress, on_ready=writer,
                                   load_seconds=load_seconds, warn=req.warn, resample=req.resample)
         except BaseException:
             writer.abort()
             shutil.rmtree(stage, ignore_errors=True)
             raise
+        how = asked(req.target, req.region, req.slice_spec, req.resample)
+        for entry in result.summary.get("methods", {}).values():
+            entry["asked"] = how
+        if todo.keep:
+            result.summary = merged_summary(result.summary, todo)
+            result.kept_maps = kept_display_maps(final, todo.keep)
 
         def finish() -> CaseOutcome:
             try:
                 summary = writer.finish(result)
+                if todo.keep:
+                    carry(final, stage)
                 commit(stage, final)
                 return CaseOutcome(case.name, "ok", time.perf_counter() - t0, summary)
             finally:
                 if stage.exists():
                     shutil.rmtree(stage, ignore_errors=True)
+                lock.release()
 
         return finish
 

@@ -71,7 +71,12 @@ class OverviewFigure(Output):
 
     def case(self, result, folder):
         f, case = result.figure, result.case
-        maps = {name: m.display for name, m in result.methods.items()}
+        maps = {}
+        for name in result.summary.get("methods", result.methods):  # kept methods of a merged case too
+            if name in result.methods:
+                maps[name] = result.methods[name].display
+            elif name in result.kept_maps:
+                maps[name] = result.kept_maps[name]
         figures.overview(folder / "overview.png", f.background, maps, f.center, title=f.title, contour=f.contour,
                          spacing=case.spacing, views=f.views, affine=case.affine)
 
@@ -85,6 +90,19 @@ class SummaryJSON(Output):
             summary["provenance"] = {**summary["provenance"], "finished_utc": _utc_now()}
         summary["timings"] = {k: round(v, 4) for k, v in result.timings.items()}
         save_json(folder / SUMMARY, summary)
+
+
+def kept_display_maps(folder: Path, methods) -> dict:
+    """The display maps (DisplayMaps' files) of methods an existing case folder keeps, read
+    lazily (the figure touches three slices of each)."""
+    import nibabel as nib
+
+    found = {}
+    for name in methods:
+        path = Path(folder) / f"{name}_map.nii.gz"
+        if path.exists():
+            found[name] = nib.load(str(path)).dataobj
+    return found
 
 
 DEFAULT_OUTPUTS: tuple[Output, ...] = (RawMaps(), DisplayMaps(), PredictionMap(), OverviewFigure(), SummaryJSON())

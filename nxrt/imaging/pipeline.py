@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..case_folder import plain
 from ..errors import InputError, NxrtWarning
 from ..explanation import Explanation
 from ..postprocess import channel_argmax, channel_magnitude, display_scale
@@ -69,6 +70,7 @@ class CaseResult:
     methods: dict[str, MethodMaps] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     figure: FigureInputs | None = None
+    kept_maps: dict = field(default_factory=dict)  # display maps of methods a merged case folder keeps
 
 
 def explain_case(explainer, case: Case, methods: Sequence[str], target=None, region=None,
@@ -255,7 +257,7 @@ class _CaseStats:
         names = self.card.labels
         entry = {"target": e.targets[0],
                  "target_labels": [names[t] for t in e.targets[0]] if names and max(e.targets[0]) < len(names)
-                 else None, "params": _plain(e.params), "seconds": round(seconds, 4),
+                 else None, "params": plain(e.params), "seconds": round(seconds, 4),
                  "session_build_seconds": round(e.build_seconds, 4),
                  "centroid_mm": None if ijk is None else
                  [round(float(v), 3) for v in (self.case.affine @ np.append(geometry.image_index(ijk), 1.0))[:3]]}
@@ -324,14 +326,6 @@ def _brain_voxels(data: np.ndarray) -> int:
     for c in range(1, data.shape[-1]):
         brain |= data[..., c] != 0
     return int(np.count_nonzero(brain))
-
-
-def _plain(params: dict) -> dict:
-    out = {}
-    for k, v in params.items():
-        out[k] = v.tolist() if isinstance(v, np.ndarray) and v.size <= 16 else \
-            (f"array{list(v.shape)}" if isinstance(v, np.ndarray) else v)
-    return out
 
 
 def _figure_center(case: Case, pred_mask, geometry, maps) -> tuple[float, ...]:
