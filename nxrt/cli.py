@@ -33,10 +33,28 @@ class NxrtGroup(click.Group):
         except OSError as exc:
             if ctx.obj and ctx.obj.get("debug"):
                 raise
-            where = f" {exc.filename}" if getattr(exc, "filename", None) else ""
-            click.echo(f"nxrt: error:{where}: {exc.strerror or exc}; check the path and its permissions",
-                       err=True)
+            from .errors import describe_os_error
+
+            click.echo(f"nxrt: error: {describe_os_error(exc)}", err=True)
             sys.exit(EXIT_USER_ERROR)
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        """click's main, with its usage errors as one line (click prints four) and exit code 2."""
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.UsageError as exc:
+            where = exc.ctx.command_path if exc.ctx is not None else "nxrt"
+            click.echo(f"nxrt: error: {exc.format_message().rstrip('.')}; see '{where} --help'", err=True)
+            sys.exit(EXIT_USER_ERROR)
+        except click.ClickException as exc:
+            click.echo(f"nxrt: error: {exc.format_message()}", err=True)
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("nxrt: stopped (SIGINT)", err=True)
+            sys.exit(130)
+        sys.exit(code if isinstance(code, int) else 0)
 
 
 @click.group(cls=NxrtGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -49,6 +67,11 @@ def main(ctx: click.Context, debug: bool) -> None:
     ctx.obj["debug"] = debug
     # results' warnings are printed by the commands as one `nxrt: warning:` line each, not by Python
     warnings.simplefilter("ignore", NxrtWarning)
+    # nibabel logs its header repairs ("sizeof_hdr should be 348; ...") to stderr; nxrt's own
+    # messages say what is wrong with a file in one line
+    import logging
+
+    logging.getLogger("nibabel.global").setLevel(logging.CRITICAL)
 
 
 @main.command()
@@ -354,10 +377,6 @@ def layers(model, case, out, targets, orientation, slice_spec, overwrite):
         slice_spec = orientation  # a 2D model: --orientation picks the slice's orientation
     x, geometry, slab, lift = model_input(ex, c, slice_spec)
     explanation = ex.explain(x, "layer_sweep", target=list(targets) or None)
-    for line in _assumptions(ex, model):
-        click.echo(line, err=True)
-    for line in explanation.warnings:
-        _warn(f"{c.name}: layer_sweep: {line}")
     sweep = (lift(explanation.attribution) if lift else explanation.attribution)[0]
     names = explanation.extras["layers"]
     maps = to_image_channels_last(sweep, ex.layout, geometry)
@@ -371,6 +390,10 @@ def layers(model, case, out, targets, orientation, slice_spec, overwrite):
         orientation = view_of_axis(slab[0], c.affine)
     maps = [display_map(maps[..., k:k + 1], channel_axis=-1) for k in range(len(names))]
     figures.layer_grid(out, background, maps, names, center, orientation, spacing=c.spacing, affine=c.affine)
+    for line in _assumptions(ex, model):  # said after the work: an error stays the only line
+        click.echo(line, err=True)
+    for line in explanation.warnings:
+        _warn(f"{c.name}: layer_sweep: {line}")
     click.echo(f"wrote {out} ({len(names)} layers)")
 
 
@@ -530,4 +553,4 @@ def convert(framework, src, out, task, channels, labels, normalize, spatial_shap
 
 
 if __name__ == "__main__":  # pragma: no cover
-    main()
+    main(prog_name="nxrt")

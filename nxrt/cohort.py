@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .case_folder import CaseLock, asked, carry, merged_summary, plan
-from .errors import InputError, NxrtError
+from .errors import InputError, NxrtError, OutputError
 from .imaging.outputs import DEFAULT_OUTPUTS, SUMMARY, CaseWriter, Output, kept_display_maps
 
 #: a cohort item: (label shown when the case cannot even be loaded, source for `load_case`)
@@ -203,14 +203,21 @@ class CaseJob:
             lock.release()
             return lambda: CaseOutcome(case.name, "skipped (finished)")
         stage = staging_folder(self.out, case.name)
-        if stage.exists():
-            shutil.rmtree(stage)
-        stage.mkdir(parents=True)
+        try:
+            if stage.exists():
+                shutil.rmtree(stage)
+            stage.mkdir(parents=True)
+        except OSError as exc:
+            raise OutputError(final, exc) from exc
         writer = CaseWriter(stage, req.outputs)
         try:
             result = explain_case(self.explainer, case, todo.run, target=req.target, region=req.region,
                                   params=req.params, slice_spec=req.slice_spec, progress=progress, on_ready=writer,
                                   load_seconds=load_seconds, warn=req.warn, resample=req.resample)
+        except OutputError as exc:
+            writer.abort()
+            shutil.rmtree(stage, ignore_errors=True)
+            raise exc.moved(stage, final) from exc
         except BaseException:
             writer.abort()
             shutil.rmtree(stage, ignore_errors=True)
@@ -229,6 +236,10 @@ class CaseJob:
                     carry(final, stage)
                 commit(stage, final)
                 return CaseOutcome(case.name, "ok", time.perf_counter() - t0, summary)
+            except OutputError as exc:
+                raise exc.moved(stage, final) from exc
+            except OSError as exc:  # carrying or committing
+                raise OutputError(final, exc) from exc
             finally:
                 if stage.exists():
                     shutil.rmtree(stage, ignore_errors=True)
@@ -258,17 +269,27 @@ class LocalRunner:
         waiting: list[tuple[int, str, Future, float]] = []
         started = time.perf_counter()
 
+        full: list[OutputError] = []  # a full disk stops the cohort: every later case would fail too
+
+        def failed(name: str, exc: NxrtError, t0: float) -> CaseOutcome:
+            if isinstance(exc, OutputError) and exc.disk_full:
+                full.append(exc)
+            return CaseOutcome(name, f"FAILED: {exc}", time.perf_counter() - t0)
+
         def settle(limit: int) -> None:
             while len(waiting) > limit:
                 index, name, future, t0 = waiting.pop(0)
                 try:
                     outcomes[index] = future.result()
                 except NxrtError as exc:
-                    outcomes[index] = CaseOutcome(name, f"FAILED: {exc}", time.perf_counter() - t0)
+                    outcomes[index] = failed(name, exc, t0)
 
         try:
             for k, (label, source) in enumerate(items, 1):
                 t0 = time.perf_counter()
+                if full:
+                    outcomes.append(CaseOutcome(Path(str(label)).name, "not started (no space left on the device)"))
+                    continue
 
                 def report(method, k=k, label=label):
                     if progress:
@@ -289,7 +310,7 @@ class LocalRunner:
                 except NxrtError as exc:
                     if not isolate:
                         raise
-                    outcomes.append(CaseOutcome(Path(str(label)).name, f"FAILED: {exc}", time.perf_counter() - t0))
+                    outcomes.append(failed(Path(str(label)).name, exc, t0))
                 except Interrupted as stop:
                     # the cases already explained finish and commit; this one's staging is gone
                     settle(0)
@@ -319,21 +340,28 @@ class CohortReport:
         return [o for o in self.outcomes if o.failed]
 
     @property
+    def not_done(self) -> list[CaseOutcome]:
+        """Cases that failed, were stopped or never started."""
+        return [o for o in self.outcomes if not (o.status == "ok" or o.status.startswith("skipped"))]
+
+    @property
     def exit_code(self) -> int:
         """128 + the signal when one stopped the run (130 SIGINT, 143 SIGTERM, 129 SIGHUP); else 0
-        when every case is done or skipped, else the number of failed cases (at most 100)."""
+        when every case is done or skipped, else the number of cases not done (at most 100)."""
         if self.signal is not None:
             return 128 + self.signal
-        return min(len(self.failed), 100)
+        return min(len(self.not_done), 100)
 
     def lines(self) -> list[str]:
         width = max((len(o.name) for o in self.outcomes), default=0)
         rows = [f"{o.name:<{width}}  {o.status}" + (f"  ({o.seconds:.1f} s)" if o.status == "ok" else "")
                 for o in self.outcomes]
-        done = sum(o.status == "ok" or o.status.startswith("skipped") for o in self.outcomes)
+        done = len(self.outcomes) - len(self.not_done)
         tail = f"{done} of {len(self.outcomes)} case(s) done; outputs in {self.out}/"
         if self.signal is not None:
             tail += f" (stopped by {signal.Signals(self.signal).name}; --resume finishes the rest)"
+        elif any(o.status.startswith("not started") for o in self.outcomes):
+            tail += " (stopped; --resume finishes the rest)"
         return rows + [tail]
 
 

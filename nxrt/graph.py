@@ -51,6 +51,10 @@ def load_model(model: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
                          "re-export it or check the file is not truncated") from exc
     if not proto.graph.node and not proto.graph.output:
         raise ModelError(f"{path}: not an ONNX model (empty graph); re-export it")
+    damage = _damage(proto)
+    if damage:
+        raise ModelError(f"{path}: not a valid ONNX model ({damage}); the file may be damaged: copy it again or "
+                         "re-export it")
     missing = sorted({loc for loc in _external_locations(proto)
                       if not (path.parent / loc).exists()})
     if missing:
@@ -62,6 +66,40 @@ def load_model(model: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
         raise ModelError(f"{path}: cannot read its external weight data ({exc}); "
                          "re-export the model") from exc
     return proto
+
+
+def _damage(proto: onnx.ModelProto) -> str | None:
+    """Why a model that parsed cannot be what its exporter wrote, or None. A flipped byte often
+    still parses as protobuf; it then shows as a name that is not UTF-8 or as a tensor nothing
+    produces. (onnx.checker would also flag exports nxrt handles, e.g. outputs without shapes.)"""
+    graph = proto.graph
+    names = [v.name for v in (*graph.input, *graph.output, *graph.value_info, *graph.initializer)]
+    for node in graph.node:
+        names += [node.name, node.op_type, node.domain, *node.input, *node.output]
+    bad = next((n for n in names if isinstance(n, bytes)), None)  # protobuf gives invalid UTF-8 as bytes
+    if bad is not None:
+        return f"the name {bad!r} is not valid UTF-8"
+    try:
+        known = {v.name for v in graph.input} | {t.name for t in graph.initializer} | {""}
+        for node in graph.node:
+            known.update(node.output)
+        for node in graph.node:
+            for name in node.input:
+                if name not in known and not any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+                                                 for a in node.attribute):
+                    return f"node '{node.name}' ({node.op_type or 'no op type'}) reads {name!r}, which nothing produces"
+        for out in graph.output:
+            if out.name not in known:
+                return f"the output '{out.name}' is produced by no node"
+    except UnicodeDecodeError as exc:
+        return f"a name is not valid UTF-8: {exc}"
+    try:  # the checker reads every string (on the weight-free skeleton: milliseconds)
+        onnx.checker.check_model(weight_free(proto))
+    except UnicodeDecodeError as exc:
+        return f"a string in it is not valid UTF-8: {exc}"
+    except Exception:  # noqa: S110 - what else it flags nxrt reports itself, more precisely
+        pass
+    return None
 
 
 def _external_locations(model: onnx.ModelProto) -> Iterable[str]:
@@ -86,32 +124,46 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, external: bool |
 
     external=None decides by size, True/False forces it. The model proto is not modified.
     """
+    from .errors import OutputError
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    forced = external is True
-    if external is None:
-        external = model_bytes(model) > PROTOBUF_LIMIT - (64 << 20)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    if external:
-        data_name = path.name + ".data"
-        tmp_data = tmp.with_name(tmp.name + ".data")
-        copy = onnx.ModelProto()
-        copy.CopyFrom(model)
-        onnx.save_model(copy, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=tmp_data.name, size_threshold=256 if forced else 1024)
-        # the proto records the data file's name: rewrite it to the final name before renaming
-        final = onnx.load(str(tmp), load_external_data=False)
-        for tensor in onnx.external_data_helper._get_all_tensors(final):
-            for entry in tensor.external_data:
-                if entry.key == "location":
-                    entry.value = data_name
-        onnx.save_model(final, str(tmp))
-        if tmp_data.exists():
-            os.replace(tmp_data, path.with_name(data_name))
-    else:
-        onnx.save_model(model, str(tmp))
-    os.replace(tmp, path)
-    return path
+    tmp_data = tmp.with_name(tmp.name + ".data")
+    try:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except FileExistsError:  # a file where a folder of the path should be
+            import errno
+
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR)) from None
+        forced = external is True
+        if external is None:
+            external = model_bytes(model) > PROTOBUF_LIMIT - (64 << 20)
+        if external:
+            data_name = path.name + ".data"
+            copy = onnx.ModelProto()
+            copy.CopyFrom(model)
+            onnx.save_model(copy, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True,
+                            location=tmp_data.name, size_threshold=256 if forced else 1024)
+            # the proto records the data file's name: rewrite it to the final name before renaming
+            final = onnx.load(str(tmp), load_external_data=False)
+            for tensor in onnx.external_data_helper._get_all_tensors(final):
+                for entry in tensor.external_data:
+                    if entry.key == "location":
+                        entry.value = data_name
+            onnx.save_model(final, str(tmp))
+            if tmp_data.exists():
+                os.replace(tmp_data, path.with_name(data_name))
+        else:
+            onnx.save_model(model, str(tmp))
+        os.replace(tmp, path)
+        return path
+    except OSError as exc:  # said for `path`: the temporary names mean nothing to the user
+        raise OutputError(path, exc) from exc
+    finally:
+        for leftover in (tmp, tmp_data):
+            if leftover.exists():
+                leftover.unlink()
 
 
 # --------------------------------------------------------------------------- shapes and types

@@ -113,7 +113,7 @@ def test_explain_outputs_overlay_the_scan(seg_onnx, tmp_path):
         assert img.shape == shape, name
         np.testing.assert_allclose(img.affine, src.affine, atol=1e-5)
         assert int(img.header["qform_code"]) == 1 and int(img.header["sform_code"]) == 2
-        assert img.header.get_xyzt_units() == ("mm", "sec")
+        assert img.header.get_xyzt_units() == ("mm", "unknown")  # the scan's mm; a map's 4th axis is not time
     m = np.asarray(nib.load(str(d / "vanilla_map.nii.gz")).dataobj)
     assert 0 <= m.min() and m.max() == pytest.approx(1.0)
     summary = json.loads((d / "summary.json").read_text())

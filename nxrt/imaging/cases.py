@@ -82,7 +82,7 @@ def prefetch(source: str | Path | None) -> None:
         if path.is_dir():
             files = [f for f in sorted(path.iterdir()) if f.name.endswith(NIFTI_EXTS)]
         elif path.is_file():
-            files = [path]
+            files = [path] if path.name.endswith(NIFTI_EXTS) else []
         else:  # a BraTS file prefix
             files = sorted(path.parent.glob(f"{path.name}*.nii*")) if path.parent.is_dir() else []
         files = [f.resolve() for f in files if f.is_file()][:8]
@@ -127,6 +127,8 @@ def _load_nifti(path: Path, moments: bool = True):
     """`_decode` (its read-ahead result when there is one), every failure one clear InputError."""
     if not path.exists():
         raise InputError(f"{path}: no such file")
+    if path.suffix == ".onnx":
+        raise InputError(f"{path}: an ONNX model, not a case; the model comes first: nxrt explain MODEL CASE...")
     if not any(path.name.endswith(e) for e in NIFTI_EXTS):
         raise InputError(f"{path}: not a NIfTI file (.nii or .nii.gz); convert it first (e.g. dcm2niix)")
     ahead = _prefetched.pop(path.resolve(), None)
@@ -138,8 +140,48 @@ def _load_nifti(path: Path, moments: bool = True):
     try:
         return _decode(path, moments)
     except Exception as exc:
-        raise InputError(f"{path}: cannot read it as NIfTI ({type(exc).__name__}: {exc}); is the file complete?") \
-            from None
+        raise InputError(unreadable(path, exc)) from None
+
+
+#: how a file that is not what its name says starts (for the message that says what it is)
+_MAGIC = ((b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"PK\x03\x04", "a zip archive"),
+          (b"\x1f\x8b", "gzip-compressed data"), (b"\x08", "an ONNX model or other protobuf"))
+
+
+def _looks_like(head: bytes) -> str:
+    if len(head) >= 132 and head[128:132] == b"DICM":
+        return "a DICOM file"
+    if head[:4] in (b"\x5c\x01\x00\x00", b"\x00\x00\x01\x5c"):  # sizeof_hdr 348: NIfTI-1 / Analyze
+        return "an uncompressed NIfTI file"
+    for magic, kind in _MAGIC:
+        if head.startswith(magic):
+            return kind
+    return "not a NIfTI file"
+
+
+def unreadable(path: Path, exc: Exception) -> str:
+    """One line saying why a .nii/.nii.gz file cannot be read: named .gz but not compressed (and
+    what it is), truncated, or not NIfTI (nibabel's reason, its first line)."""
+    import re
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(132)
+    except OSError as err:
+        return f"{path}: cannot be read ({err.strerror})"
+    if path.name.endswith(".gz") and not head.startswith(b"\x1f\x8b"):
+        return (f"{path}: named .gz but not gzip-compressed (it looks like {_looks_like(head)}); "
+                "give a NIfTI file (.nii or .nii.gz)")
+    text = str(exc)
+    sizes = re.search(r"Expected (\d+) bytes, got (\d+)", text)
+    if isinstance(exc, EOFError) or sizes or "truncated" in text.lower():
+        found = f" ({sizes.group(2)} of its {sizes.group(1)} bytes of voxels are there)" if sizes else ""
+        return f"{path}: the file is truncated{found}; copy or export it again"
+    if not path.name.endswith(".gz") and not head.startswith((b"\x5c\x01", b"\x00\x00\x01\x5c", b"\x1c\x02",
+                                                            b"\x00\x00\x02\x1c")):
+        return f"{path}: not a NIfTI file (it looks like {_looks_like(head)}); give a NIfTI file (.nii or .nii.gz)"
+    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    return f"{path}: not a readable NIfTI image ({first}); check that it is NIfTI-1 or NIfTI-2"
 
 
 def _voxels(img, raw: bytes) -> np.ndarray:
@@ -214,6 +256,14 @@ def load_case(source: str | Path | None = None, channels: Sequence[str] | None =
                           {path: (img, data, sums)})
         raise InputError(f"{path}: a {data.ndim}D image; expected 3D (one channel) or 4D (channels last)")
     stem = _brats_stem(path)
+    if stem is None and path.is_dir():
+        nifti = [f.name for f in sorted(path.iterdir()) if f.name.endswith(NIFTI_EXTS)]
+        if not nifti:
+            raise InputError(f"{path}: a folder with no NIfTI files in it; give a BraTS case folder "
+                             "(NAME_flair.nii.gz, ...), a NIfTI file or --channel NAME=FILE pairs")
+        raise InputError(f"{path}: its NIfTI files ({', '.join(nifti[:3])}{', ...' if len(nifti) > 3 else ''}) do "
+                         "not carry BraTS names (NAME_flair.nii.gz, ... or -t2f/-t1n/-t1c/-t2w); give the files "
+                         "with --channel NAME=FILE, or a 4D NIfTI")
     if stem is None or (not path.exists() and not stem.parent.exists()):
         raise InputError(f"{path}: no such file or folder")
     order = list(channels) if channels else list(DEFAULT_CHANNELS)

@@ -106,6 +106,40 @@ def cropped_away(case: Case, geometry) -> float:
     return max(0.0, 1.0 - kept / total)
 
 
+#: a channel whose standard deviation inside the brain is below this share of its mean is constant
+CONSTANT = 1e-6
+
+
+def check_informative(case: Case, normalize: str | None, moments=None) -> None:
+    """Refuse a case there is nothing to explain in: every channel zero; with z-score input
+    normalisation, a channel that is all zero or has one value in all its brain (nonzero) voxels
+    (its z-score is undefined: nxrt would feed the model an arbitrary constant). One line naming
+    the file and the channel."""
+    from .preprocess import Moments
+
+    def source(c: int) -> str:
+        return case.sources[c] if len(case.sources) == len(case.channels) else case.sources[0]
+
+    stats = moments or [Moments.of(case.data[..., c]) for c in range(case.data.shape[-1])]
+    if all(m.count == 0 for m in stats):
+        where = case.sources[0] if len(set(case.sources)) == 1 else f"case '{case.name}'"
+        raise InputError(f"{where}: every voxel of every channel is zero; there is nothing to explain (is it the "
+                         "right file?)")
+    if normalize != "zscore":
+        return
+    for c, m in enumerate(stats):
+        name = case.channels[c]
+        if m.count == 0:
+            raise InputError(f"{source(c)}: channel '{name}' is all zero, so its z-score (the model's input "
+                             "normalisation) is undefined; give the right file for it")
+        mean = m.total / m.count
+        std = max(0.0, m.squares / m.count - mean * mean) ** 0.5
+        if std <= CONSTANT * abs(mean):
+            raise InputError(f"{source(c)}: channel '{name}' has one value ({mean:g}) in all its {m.count} nonzero "
+                             "voxels, so its z-score (the model's input normalisation) is undefined; give the "
+                             "right file for it")
+
+
 def model_input(explainer, case: Case, slice_spec: str | None = None, resample: bool | None = None):
     """(x, geometry, slab, lift): the model's input for `case`, its geometry, the (axis, index)
     slice a 2D model explains in a 3D case (else None), and `lift`, which gives a model-space
@@ -118,6 +152,7 @@ def model_input(explainer, case: Case, slice_spec: str | None = None, resample: 
     if slab is not None and spatial is None:  # a 2D model of any size: the slice as it is
         spatial = tuple(n for a, n in enumerate(case.spatial_shape) if a != slab[0])
     moments = case.moments if case.moments and len(case.moments) == case.data.shape[-1] else None
+    check_informative(case, explainer.card.normalize, moments)
     resample = explainer.card.grid == "resample" if resample is None else resample
     if resample and slab is not None:
         raise InputError("--resample is for models of the case's dimension; a 2D model explains one slice "

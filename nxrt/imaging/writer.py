@@ -12,19 +12,25 @@ import numpy as np
 
 @contextmanager
 def atomic_path(path):
-    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds. An
+    OSError on the way (disk full, permissions) is an `OutputError` naming `path`."""
+    from ..errors import OutputError
+
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         yield tmp
         os.replace(tmp, path)
+    except OSError as exc:  # said for `path`: the temporary name means nothing to the user
+        raise OutputError(path, exc) from exc
     finally:
         if tmp.exists():
             tmp.unlink()
 
 
 def save_nifti(path, data, affine: np.ndarray, header) -> None:
-    """Write data in the image grid with the case's affine and header (qform/sform codes, units kept).
+    """Write data in the image grid with the case's affine and header (qform/sform codes and the
+    spatial unit kept; no time unit: a 4D map's last axis is its channels).
 
     data: an array in the image grid, or an `InImageGrid` (a model-space map and its geometry), whose
     image-grid bytes are produced a few MB at a time and never held whole. The file is nibabel's own
@@ -40,11 +46,16 @@ def save_nifti(path, data, affine: np.ndarray, header) -> None:
     hdr.set_data_dtype(data.dtype)
     # a zero-strided stand-in of the right shape and dtype: nibabel fills the header from it
     img = nib.Nifti1Image(np.broadcast_to(np.zeros((), data.dtype), data.shape), affine, hdr)
-    # keep the source's coordinate codes (nibabel would otherwise keep or reset them depending on the header)
+    # keep the source's coordinate codes as they are, 0 included (nibabel would otherwise keep or
+    # reset them depending on the header): with both 0 a viewer places the map from the voxel
+    # sizes, exactly as it places the scan
     qcode, scode = int(header["qform_code"]), int(header["sform_code"])
-    img.set_qform(affine, code=qcode if qcode else 1)
-    img.set_sform(affine, code=scode if scode else 1)
+    img.set_qform(affine, code=qcode)
+    img.set_sform(affine, code=scode)
     hdr = img.header
+    # the fourth axis of a map is its channels, not time: no time unit (a scan's "sec" would make a
+    # viewer play the channels as a time series); the spatial unit stays the scan's
+    hdr.set_xyzt_units(xyz=hdr.get_xyzt_units()[0], t="unknown")
     hdr.set_data_shape(data.shape)
     hdr.set_slope_inter(1.0, 0.0)  # what nibabel writes for unscaled data
     head = io.BytesIO()
