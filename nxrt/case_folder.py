@@ -119,8 +119,9 @@ def read_summary(folder: Path) -> dict | None:
         raise InputError(f"{path} cannot be read ({exc}); pass --overwrite to replace the case") from None
 
 
-def plan(final: Path, methods: list[str], request, model_sha256: str | None) -> Plan:
-    """What to compute for the case folder `final` (see the module docstring); one-line errors."""
+def plan(final: Path, methods: list[str], request, model_identity: tuple[str | None, str]) -> Plan:
+    """What to compute for the case folder `final` (see the module docstring); one-line errors.
+    model_identity: (the model file's sha256 or None, the model content's digest)."""
     final = Path(final)
     if not final.exists():
         return Plan(list(methods))
@@ -129,7 +130,7 @@ def plan(final: Path, methods: list[str], request, model_sha256: str | None) -> 
         if request.overwrite or request.resume:
             return Plan(list(methods))
         raise InputError(f"{final} exists; pass --overwrite to replace it or --resume to skip finished cases")
-    other = _other_case(previous, model_sha256, request)
+    other = _other_case(previous, model_identity, request)
     if other:
         if request.overwrite:
             return Plan(list(methods))
@@ -151,11 +152,14 @@ def plan(final: Path, methods: list[str], request, model_sha256: str | None) -> 
     return Plan(run, keep, previous)
 
 
-def _other_case(previous: dict, model_sha256: str | None, request) -> str | None:
+def _other_case(previous: dict, model_identity: tuple, request) -> str | None:
     """Why a finished case cannot take more methods from this run (another model, grid or slice)."""
     model = (previous.get("provenance") or {}).get("model") or {}
-    if model.get("sha256") != model_sha256:
-        return f"by another model ({model.get('path') or 'unknown'}, sha256 {str(model.get('sha256'))[:12]})"
+    sha256, digest = model_identity
+    same = model.get("sha256") == sha256 if sha256 and model.get("sha256") else \
+        model.get("content_digest") == digest  # a model given in memory has no file to hash
+    if not same:
+        return f"by another model ({model.get('path') or 'in memory'}, sha256 {str(model.get('sha256'))[:12]})"
     entries = list(previous.get("methods", {}).values())
     if entries:
         was = entries[0].get("asked") or {}

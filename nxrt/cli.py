@@ -147,6 +147,16 @@ def _assumptions(explainer, model) -> list[str]:
     return [f"nxrt: note: {assumption_line(model, assumed)}"] if assumed else []
 
 
+def _is_method(name: str) -> bool:
+    from .registry import canonical
+
+    try:
+        canonical([name])
+    except NxrtError:
+        return False
+    return True
+
+
 def _import_nibabel() -> None:
     """(Python's import lock makes a concurrent import of nibabel in the main thread wait for this
     one instead of repeating it.)"""
@@ -215,6 +225,10 @@ def explain(model, cases, methods, targets, out, assignments, channels, region, 
     params = params_from_cli(methods, {"steps": steps, "samples": samples, "noise": noise, "rule": rule,
                                        "interpolation": interpolation, "layer": layer}, assignments)
     channel_files = _parse_channels(channels)
+    for case in cases:  # `-m vanilla gradcam` makes gradcam a case: say what was meant
+        if not Path(case).exists() and _is_method(str(case)):
+            raise InputError(f"{case}: no such case, but a method of that name exists; give each method its own "
+                             f"-m (-m {methods[-1]} -m {case})")
     if not cases and not channel_files:
         raise InputError("no CASE given; pass NIfTI files, BraTS case folders or --channel NAME=FILE pairs")
     _check_writable(out)

@@ -2,7 +2,9 @@
 
 A `CaseJob` takes one case end to end: it loads the case, explains it (`imaging.pipeline`), and
 writes every output (`imaging.outputs`) into a hidden staging folder beside the final one, which
-is renamed into place at the end, so a case has all its outputs or none. A runner decides where
+is renamed into place at the end, so a case has all its outputs or none; the case folder is
+locked from staging to commit, and what an existing folder already holds is kept or refused by
+`case_folder.plan` (resume, added methods, another model). A runner decides where
 and in which order jobs run: `LocalRunner` runs them one after another in this process, finishing
 each case (figure, last writes, commit) in the background while the next one is explained. Another
 runner (a cluster) implements the same `run(job, items, isolate)` and touches nothing else.
@@ -198,7 +200,8 @@ class CaseJob:
 
         req = self.request
         final = self.out / case.name
-        todo = plan(final, canonical(req.methods), req, self.explainer.model.file_sha256)
+        model = self.explainer.model
+        todo = plan(final, canonical(req.methods), req, (model.file_sha256, model.digest))
         if todo.nothing_to_do:
             lock.release()
             return lambda: CaseOutcome(case.name, "skipped (finished)")

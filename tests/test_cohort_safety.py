@@ -42,7 +42,7 @@ def slow_cohort(tmp_path, seg_onnx, n=3):
     return args
 
 
-@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130), (signal.SIGHUP, 129)])
 def test_a_signal_keeps_committed_cases_removes_staging_and_reports(tmp_path, seg_onnx, signum, code):
     args = slow_cohort(tmp_path, seg_onnx)
     out = tmp_path / "out"

@@ -114,6 +114,7 @@ def test_files_that_are_not_cases_each_get_their_own_true_line(files, seg_onnx, 
 @pytest.mark.parametrize("args, words", [
     (["-t", "abc"], ["Invalid value for '-t' / '--target': 'abc' is not a valid integer", "nxrt explain --help"]),
     (["-o", "FILE"], ["Invalid value for '-o' / '--output'", "is a file"]),
+    (["-m", "vanilla", "gradcam"], ["gradcam: no such case", "give each method its own -m (-m vanilla -m gradcam)"]),
     (["--no-such-option"], ["No such option '--no-such-option'"]),
 ])
 def test_usage_errors_are_one_line_and_exit_2(files, seg_onnx, args, words):
@@ -179,3 +180,19 @@ def test_coordinate_codes_0_are_kept_and_the_map_overlays_the_scan(tmp_path, seg
         assert int(out.header["qform_code"]) == 0 and int(out.header["sform_code"]) == 0
         np.testing.assert_allclose(out.affine, scan.affine, atol=1e-6)  # placed as the scan is
         assert out.header.get_xyzt_units() == ("mm", "unknown")
+
+
+def test_a_map_that_is_zero_everywhere_is_said_not_drawn_black_in_silence(tmp_path, seg_onnx):
+    import json
+
+    model = onnx.load(str(seg_onnx))
+    w = model.graph.initializer[0]
+    w.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(w) * 0, w.name))  # the score ignores x
+    onnx.save(model, str(tmp_path / "dead.onnx"))
+    write_case(tmp_path / "c1", "c1")
+    res = run_cli("explain", tmp_path / "dead.onnx", tmp_path / "c1", "-m", "vanilla", "-o", tmp_path / "out")
+    assert res.returncode == 0, res.stderr
+    assert "c1: vanilla: the map is zero everywhere" in res.stderr and "RuntimeWarning" not in res.stderr
+    entry = json.loads((tmp_path / "out" / "c1" / "summary.json").read_text())["methods"]["vanilla"]
+    assert any("zero everywhere" in w for w in entry["warnings"])
+    assert not np.asarray(nib.load(str(tmp_path / "out" / "c1" / "vanilla.nii.gz")).dataobj).any()

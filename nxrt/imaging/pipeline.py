@@ -174,7 +174,7 @@ def explain_case(explainer, case: Case, methods: Sequence[str], target=None, reg
         maps.entry["write_seconds"] = round(time.perf_counter() - t, 4)
         result.methods[maps.name] = maps
         summary["methods"][maps.name] = maps.entry
-        for line in e.warnings:
+        for line in maps.entry.get("warnings", []):
             if warn:
                 warn(f"{case.name}: {e.method}: {line}")
         if on_ready:
@@ -266,9 +266,13 @@ class _CaseStats:
         for key in ("delta", "delta_relative"):  # IG's completeness error
             if key in e.extras:
                 entry[key] = float(np.asarray(e.extras[key]).reshape(-1)[0])
-        if e.warnings:
-            entry["warnings"] = list(e.warnings)
         total = float(magnitude.sum(dtype=np.float64))
+        said = list(e.warnings)
+        if total == 0:  # a black figure must not look like "nothing here matters" by accident
+            said.append("the map is zero everywhere: the explained score does not change with the input here "
+                        "(a dead target or layer?); nothing to show")
+        if said:
+            entry["warnings"] = said
         if self.pred_mask is not None and total > 0:
             entry["share_in_predicted_tumour"] = float(magnitude[self.pred_mask].sum(dtype=np.float64) / total)
         if self.tumour is not None and total > 0:
@@ -313,7 +317,8 @@ def provenance(explainer, started: str) -> dict:
 
     model = explainer.model
     return {"model": {"path": str(Path(model.source).resolve()) if model.source else None,
-                      "sha256": model.file_sha256, "card": explainer.card.to_props()},
+                      "sha256": model.file_sha256, "content_digest": model.digest,
+                      "card": explainer.card.to_props()},
             "versions": {"nxrt": installed("nxrt"), "onnxruntime": onnxruntime.__version__,
                          "onnx": installed("onnx"), "numpy": np.__version__, "nibabel": installed("nibabel")},
             "provider": explainer.providers[0], "command": shlex.join(["nxrt", *sys.argv[1:]]),
