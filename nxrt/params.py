@@ -199,14 +199,15 @@ class Param:
         return ParamError(_prefix(method) + f"{self.name} {rule}, got {shown}")
 
 
-def resolve(parameters: Sequence[Param], given: Mapping[str, Any], method: str) -> dict[str, Any]:
+def resolve(parameters: Sequence[Param], given: Mapping[str, Any], method: str, kind: str = "method"
+            ) -> dict[str, Any]:
     """Every parameter's value: the given ones checked, the rest their defaults. Unknown names are
-    one error listing the known ones."""
+    one error listing the known ones. kind: what `method` names ("method" or "metric")."""
     known = {p.name: p for p in parameters}
     unknown = sorted(set(given) - set(known))
     if unknown:
         listed = ", ".join(sorted(known)) or "none"
-        raise ParamError(f"method '{method}' has no parameter {', '.join(map(repr, unknown))}; "
+        raise ParamError(f"{kind} '{method}' has no parameter {', '.join(map(repr, unknown))}; "
                          f"its parameters: {listed}")
     return {name: (p.check(given[name], method) if name in given else p.default) for name, p in known.items()}
 

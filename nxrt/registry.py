@@ -95,19 +95,26 @@ class Method:
 _cache: dict[str, type[Method]] | None = None
 
 
+def discover(group: str, base: type, kind: str) -> dict[str, type]:
+    """{name: class} of every entry point of `group` that loads a subclass of `base` (a plugin
+    that fails to load is a warning naming it: it must not break the others). kind: "method" or
+    "metric", for that warning."""
+    found: dict[str, type] = {}
+    for ep in entry_points(group=group):
+        try:
+            cls = ep.load()
+        except Exception as exc:
+            warnings.warn(f"nxrt: could not load {kind} plugin '{ep.name}' ({ep.value}): {exc}", stacklevel=3)
+            continue
+        if isinstance(cls, type) and issubclass(cls, base):
+            found[cls.name or ep.name] = cls
+    return found
+
+
 def _load() -> dict[str, type[Method]]:
     global _cache
     if _cache is None:
-        found: dict[str, type[Method]] = {}
-        for ep in entry_points(group=GROUP):
-            try:
-                cls = ep.load()
-            except Exception as exc:  # a broken third-party plugin must not break the others
-                warnings.warn(f"nxrt: could not load method plugin '{ep.name}' ({ep.value}): {exc}", stacklevel=2)
-                continue
-            if isinstance(cls, type) and issubclass(cls, Method):
-                found[cls.name or ep.name] = cls
-        _cache = found
+        _cache = discover(GROUP, Method, "method")
     return _cache
 
 
@@ -115,6 +122,9 @@ def refresh() -> None:
     """Forget the discovered plugins (after installing a new one in a running process)."""
     global _cache
     _cache = None
+    from .evaluation import metric
+
+    metric.refresh()
 
 
 def methods() -> list[str]:

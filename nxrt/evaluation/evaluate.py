@@ -1,0 +1,160 @@
+"""`evaluate`: metrics of an explanation, one sample at a time, batched on the model's sessions."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError
+from .metric import Metric, get_metric, metric_classes
+
+
+@dataclass
+class EvaluationContext:
+    """What a metric sees of one sample: the model (scores of perturbed inputs, batched), the
+    sample, its resolved target, and the method that made the map (to explain again)."""
+
+    explainer: Any
+    x: np.ndarray  # [1, ...] in the model's layout
+    target: list[int]
+    region: Any = None
+    method: str | None = None
+    method_params: dict = field(default_factory=dict)
+    rng: np.random.Generator = field(default_factory=lambda: np.random.default_rng(0))
+    _ctx: Any = None
+
+    @property
+    def layout(self):
+        return self.explainer.layout
+
+    @property
+    def spatial_shape(self) -> tuple[int, ...]:
+        return tuple(self.x.shape[a] for a in self.layout.spatial_axes(self.x.ndim))
+
+    @property
+    def context(self):
+        """The runtime Context of this sample (its region feed is the sample's, held constant
+        for every perturbed input, as explain does)."""
+        if self._ctx is None:
+            self._ctx = self.explainer.context(self.x, self.region, sample=self.x)
+        return self._ctx
+
+    @property
+    def batch_size(self) -> int:
+        """Inputs per forward-session call."""
+        return self.context.forward_batch_size
+
+    def scores(self, xs: np.ndarray) -> np.ndarray:
+        """The explained score (the target's scores summed, as explain uses them) of each input of
+        a stack [n, ...], in chunks of the forward session's batch size."""
+        s = self.context.forward(np.ascontiguousarray(xs, dtype=np.float32))
+        return s[:, self.target].sum(axis=1).astype(np.float64)
+
+    def explain(self, x: np.ndarray | None = None, explainer=None, **override) -> np.ndarray:
+        """The attribution of `x` (default the sample) by the method that made the evaluated map,
+        with its parameters (and `override`); `explainer`: another one (e.g. a randomised model)."""
+        if self.method is None:
+            raise InputError("this metric explains again: pass the Explanation itself as attribution, or method=")
+        ex = explainer or self.explainer
+        e = ex.explain(self.x if x is None else x, self.method, target=self.target, region=self.region,
+                       **{**self.method_params, **override})
+        return e.attribution
+
+    def brain(self) -> np.ndarray:
+        """Voxels nonzero in any input channel [*spatial] ("the brain")."""
+        x = self.x[0]
+        return np.any(x != 0, axis=self.layout.channel_axis(x.ndim, batch=False))
+
+
+def evaluate(explainer, x: np.ndarray, attribution, target=None, metrics: Sequence[str] | None = None,
+             mask: np.ndarray | None = None, region=None, method: str | None = None, params: dict | None = None,
+             seed: int = 0, **metric_params) -> dict[str, Any]:
+    """Metrics of `attribution` (an `Explanation`, or an array shaped as `explain` returns it) for
+    the inputs `x` [N, ...] of `explainer`'s model.
+
+    target: as `explain` takes it (default: the Explanation's targets, else explain's default).
+    metrics: names (see `nxrt metrics`); None: every default metric whose needs are met (a mask
+    for localisation; the method for metrics that explain again). mask: the truth region on the
+    model's spatial grid, [N, *spatial], [*spatial] (every sample) or with a channel axis of size
+    1. method / params: the method that made an array attribution (an Explanation carries them).
+    metric_params: each metric's parameters, `deletion={"steps": 20}`.
+
+    Returns {metric: value}: a float for one sample, else an array with one value per sample;
+    curves as `{metric}_curve` (the score at each step, the unperturbed one first). NaN where a
+    metric is undefined for a sample (an empty mask), never an exception for that.
+    """
+    from ..explainer import resolve_target
+    from ..explanation import Explanation
+
+    x = explainer.check_input(x)
+    n = x.shape[0]
+    targets = None
+    if isinstance(attribution, Explanation):
+        method = method or attribution.method
+        params = {**attribution.params, **(params or {})} if params is None else params
+        targets = attribution.targets if target is None else None
+        a = attribution.attribution
+    else:
+        a = np.asarray(attribution, dtype=np.float32)
+    if a.shape[0] != n:
+        raise InputError(f"attribution has {a.shape[0]} sample(s) but x has {n}")
+    chosen = _chosen(metrics, mask is not None, method is not None)
+    unknown = sorted(set(metric_params) - set(chosen))
+    if unknown:
+        raise InputError(f"parameters given for {', '.join(unknown)}, which {'is' if len(unknown) == 1 else 'are'} "
+                         f"not evaluated; evaluated: {', '.join(chosen)}")
+    resolved = {m: get_metric(m).resolve_params(metric_params.get(m, {})) for m in chosen}
+    layout = explainer.layout
+    spatial = tuple(x.shape[ax] for ax in layout.spatial_axes(x.ndim))
+    masks = _masks(mask, n, spatial, layout)
+    rng = np.random.default_rng(seed)
+    rows: list[dict[str, Any]] = []
+    for i in range(n):
+        xi = x[i:i + 1]
+        ctx = EvaluationContext(explainer, xi, [], region, method, dict(params or {}), rng)
+        ctx.target = targets[i] if targets is not None else resolve_target(target, explainer.task, ctx.context, xi)
+        row: dict[str, Any] = {}
+        for name in chosen:
+            metric = get_metric(name)
+            with np.errstate(divide="ignore", invalid="ignore"):  # undefined values are NaN, said as NaN
+                row.update(metric.score(ctx, a[i:i + 1], None if masks is None else masks[i], **resolved[name]))
+        rows.append(row)
+    if n == 1:
+        return rows[0]
+    return {k: np.stack([np.asarray(r[k], dtype=np.float64) for r in rows]) for k in rows[0]}
+
+
+def _chosen(metrics: Sequence[str] | None, have_mask: bool, have_method: bool) -> list[str]:
+    if metrics is not None:
+        names = [get_metric(m).name for m in ([metrics] if isinstance(metrics, str) else metrics)]
+        for name in names:
+            needs = get_metric(name).needs
+            if "mask" in needs and not have_mask:
+                raise InputError(f"metric '{name}' compares the map with a truth mask: pass mask= (the CLI reads "
+                                 "the case's _seg file, or --mask)")
+            if "method" in needs and not have_method:
+                raise InputError(f"metric '{name}' explains again: pass the Explanation as attribution, or method=")
+        return list(dict.fromkeys(names))
+    table: Mapping[str, type[Metric]] = metric_classes()
+    return [name for name, cls in sorted(table.items()) if cls.default
+            and ("mask" not in cls.needs or have_mask) and ("method" not in cls.needs or have_method)]
+
+
+def _masks(mask, n: int, spatial: tuple[int, ...], layout) -> np.ndarray | None:
+    """The masks as [n, *spatial] bool, from any of the shapes `evaluate` accepts."""
+    if mask is None:
+        return None
+    m = np.asarray(mask)
+    if m.shape == spatial:
+        return np.broadcast_to(m != 0, (n, *spatial))
+    if m.ndim == len(spatial) + 2:  # with a channel axis of size 1
+        axis = layout.channel_axis(m.ndim)
+        if m.shape[axis] == 1:
+            m = np.squeeze(m, axis=axis)
+    if m.ndim == len(spatial) + 1 and m.shape[1:] == spatial and m.shape[0] in (1, n):
+        return np.broadcast_to(m != 0, (n, *spatial))
+    raise InputError(f"mask of shape {list(np.shape(mask))} does not fit the model's spatial grid {list(spatial)} "
+                     f"for {n} sample(s); give [N, *spatial], [*spatial] or either with a channel axis of size 1")
