@@ -60,6 +60,9 @@ class Method:
     aliases: ClassVar[tuple[str, ...]] = ()
     summary: ClassVar[str] = ""
     parameters: ClassVar[tuple[Param, ...]] = ()
+    #: True when `explain` takes a stack of samples with one target and treats each on its own
+    #: (one gradient pass for all): metrics that explain many perturbed copies then batch them
+    stacks_samples: ClassVar[bool] = False
     #: {name: default} of `parameters` (derived; read-only by convention)
     defaults: ClassVar[dict[str, Any]] = {}
 

@@ -51,6 +51,7 @@ class GradCAM(_LayerCAM):
 
     name = "gradcam"
     aliases = ("gcam", "grad_cam")
+    stacks_samples = True
     summary = "coarse map of where a layer's class-relevant features are (ReLU of gradient-weighted activations)"
 
     @staticmethod
@@ -67,6 +68,7 @@ class GuidedGradCAM(Method):
 
     name = "guided_gradcam"
     aliases = ("ggcam", "guided_grad_cam")
+    stacks_samples = True
     summary = "guided backprop detail restricted to the Grad-CAM region"
     parameters = (LAYER, INTERPOLATION)
 
@@ -84,6 +86,7 @@ class GradCAMPlusPlus(_LayerCAM):
 
     name = "gradcam_plus_plus"
     aliases = ("gcampp", "gradcam++")
+    stacks_samples = True
     summary = "Grad-CAM with pixel-wise weights: better for several instances of a class"
 
     @staticmethod

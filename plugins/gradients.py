@@ -12,6 +12,7 @@ class VanillaGradient(Method):
 
     name = "vanilla"
     aliases = ("vg", "saliency", "gradient")
+    stacks_samples = True
     summary = "gradient of the score with respect to every input voxel (signed)"
 
     def explain(self, ctx, x, target):
@@ -24,6 +25,7 @@ class GuidedBackprop(Method):
 
     name = "guided_backprop"
     aliases = ("gbp", "guided")
+    stacks_samples = True
     summary = "gradient with negative signals cut at every ReLU (sharper, class-insensitive detail)"
 
     def explain(self, ctx, x, target):
@@ -35,6 +37,7 @@ class GradientXInput(Method):
 
     name = "gradient_x_input"
     aliases = ("gxi", "input_x_gradient")
+    stacks_samples = True
     summary = "input times gradient: first-order contribution of each voxel to the score"
 
     def explain(self, ctx, x, target):

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
+from ..registry import attribution_of
 from .metric import Metric, get_metric, metric_classes
 
 
@@ -62,6 +63,26 @@ class EvaluationContext:
         e = ex.explain(self.x if x is None else x, self.method, target=self.target, region=self.region,
                        **{**self.method_params, **override})
         return e.attribution
+
+    def explain_many(self, xs: np.ndarray, explainer=None) -> np.ndarray:
+        """The attributions of a stack of inputs [n, ...] (perturbed copies of the sample) for the
+        sample's target, by the evaluated method: a gradient batch at a time for methods that
+        take stacks (`Method.stacks_samples`), else one `explain` per input."""
+        from ..registry import get_method
+
+        if self.method is None:
+            raise InputError("this metric explains again: pass the Explanation itself as attribution, or method=")
+        ex = explainer or self.explainer
+        impl = get_method(self.method)
+        if not impl.stacks_samples:
+            return np.concatenate([self.explain(xs[i:i + 1], explainer=ex) for i in range(xs.shape[0])], axis=0)
+        params = impl.resolve_params(self.method_params)
+        ctx = ex.context(xs[:1], self.region, sample=self.x)
+        out = []
+        for start in range(0, xs.shape[0], max(1, ctx.batch_size)):
+            part = np.ascontiguousarray(xs[start:start + ctx.batch_size], dtype=np.float32)
+            out.append(attribution_of(impl.explain(ctx, part, self.target, **params)))
+        return np.concatenate(out, axis=0)
 
     def brain(self) -> np.ndarray:
         """Voxels nonzero in any input channel [*spatial] ("the brain")."""
