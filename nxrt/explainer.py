@@ -216,6 +216,20 @@ class Explainer:
                            merge_extras(extras), time.perf_counter() - t0,
                            self.pool.stats()["build_seconds"] - built, notes)
 
+    def with_weights(self, proto: onnx.ModelProto) -> Explainer:
+        """An Explainer of `proto` -- this model with other weights (the same graph, e.g. the
+        randomised models of an MPRT sanity check) -- with this one's settings (score definition,
+        providers, threads, batch size, memory budget, seed). It has its own session pool, freed
+        with it, and its augmented graphs are not stored in the disk cache (one-off models)."""
+        import copy
+
+        new = copy.copy(self)
+        new.model = Model(proto, None)
+        new.pool = SessionPool(self.pool.providers, self.pool.threads, self.pool.batch_size, self.pool.max_memory)
+        new.sessions = ModelSessions(new.model, self.spec, new.pool)
+        new.sessions.disk_cache = False
+        return new
+
     # ------------------------------------------------------------------ helpers
 
     def context(self, x: np.ndarray, region=None, sample: np.ndarray | None = None) -> Context:

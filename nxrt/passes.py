@@ -440,3 +440,44 @@ def infer_layout(model: onnx.ModelProto, info: GraphInfo | None = None) -> Layou
         if isinstance(last, int):
             return Layout.CHANNELS_LAST
     return Layout.CHANNELS_FIRST
+
+
+# --------------------------------------------------------------------------- randomised weights (MPRT)
+
+#: ops whose weight initializers (weight, then bias) make a "layer" of the model for MPRT
+WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+def weighted_layers(model: onnx.ModelProto) -> list[tuple[str, list[str]]]:
+    """[(node name, its weight initializers)] of every Conv / ConvTranspose / Gemm / MatMul whose
+    weights are initializers, from the output back (reverse graph order): the layers MPRT
+    randomises one after another. A node without a name is named `<op>_<index>`."""
+    inits = {t.name for t in model.graph.initializer}
+    layers = []
+    for k, node in enumerate(model.graph.node):
+        if node.op_type in WEIGHTED_OPS:
+            weights = [name for name in node.input[1:] if name in inits]
+            if weights:
+                layers.append((node.name or f"{node.op_type}_{k}", weights))
+    return layers[::-1]
+
+
+def randomised(model: onnx.ModelProto, initializers: Sequence[str], seed: int) -> onnx.ModelProto:
+    """A copy of `model` whose `initializers` hold random values: each drawn from a normal with
+    its own tensor's mean and standard deviation (so activations keep their scale; Adebayo et al.
+    2018 re-initialise from a truncated normal), a bias with a constant value stays constant.
+    Deterministic for a seed: each tensor's draws come from (seed, its position in the list)."""
+    from onnx import numpy_helper
+
+    chosen = {name: k for k, name in enumerate(initializers)}
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for tensor in out.graph.initializer:
+        if tensor.name not in chosen:
+            continue
+        w = numpy_helper.to_array(tensor)
+        rng = np.random.default_rng([seed, chosen[tensor.name]])
+        std = float(w.std()) if w.size > 1 else 0.0
+        new = rng.normal(float(w.mean()), std, size=w.shape) if std > 0 else np.full(w.shape, float(w.mean()))
+        tensor.CopyFrom(numpy_helper.from_array(new.astype(w.dtype), tensor.name))
+    return out

@@ -30,6 +30,7 @@ class ModelSessions:
         self._num_scores: dict[tuple, int] = {}
         self._batch_mode: dict[tuple, int | None] = {}
         self.graphs_built = 0  # augmented graphs built here (not served by the disk cache)
+        self.disk_cache = True  # False: one-off models (randomised weights) are not stored
 
     def _spec(self, region_kind: str | None) -> passes.ScoreSpec:
         return replace(self.spec, region=region_kind)
@@ -123,7 +124,7 @@ class ModelSessions:
             return passes.augment(self._fixed(sample_shape), wrt=tuple(options["wrt"]),
                                   layers=tuple(options.get("layers", ())), guided=options["guided"], score=spec)
 
-        aug, entry = cached_entry(self.model.digest, options, build)
+        aug, entry = cached_entry(self.model.digest, options, build) if self.disk_cache else (build(), None)
         batch = auto_batch_size(aug, self.pool.max_memory)  # the gradient graph's own activation sizes
         blocked = next((p.value for p in aug.metadata_props if p.key == passes.ZERO_GRADIENT_KEY), None)
         notes = (f"the gradient is zero through {blocked} (piecewise constant): what the model computes there "

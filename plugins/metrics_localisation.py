@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from nxrt.evaluation import Metric, prepared, spatial_map
+from nxrt.evaluation.stats import average_ranks
 from nxrt.params import Param
 
 ABS = Param("abs", bool, False, "take |a| (after normalising)")
@@ -96,18 +97,6 @@ class ROCAUC(Metric):
         if pos == 0 or neg == 0:
             return {self.name: float("nan")}
         return {self.name: float((average_ranks(m)[s].sum() - pos * (pos + 1) / 2) / (pos * neg))}
-
-
-def average_ranks(values: np.ndarray) -> np.ndarray:
-    """Ranks 1..n of `values`, tied values sharing their mean rank."""
-    order = np.argsort(values, kind="stable")
-    sorted_values = values[order]
-    starts = np.flatnonzero(np.r_[True, sorted_values[1:] != sorted_values[:-1]])
-    ends = np.r_[starts[1:], values.size]
-    mean_rank = (starts + ends + 1) / 2.0  # ranks start..end-1 (0-based) -> mean of start+1..end
-    ranks = np.empty(values.size, np.float64)
-    ranks[order] = np.repeat(mean_rank, ends - starts)
-    return ranks
 
 
 class AttributionLocalisation(Metric):
