@@ -102,11 +102,12 @@ class Plan:
         return not self.run
 
 
-def asked(target, region, slice_spec, resample) -> dict:
+def asked(target, region, slice_spec, resample, metrics=None, metric_params=None) -> dict:
     """How a method was asked for, as summary.json records it beside the method (`asked`): what
-    resume compares besides the parameters."""
+    resume compares besides the parameters (the metrics asked of it included)."""
     return {"target": plain(target), "region": plain(region), "slice": slice_spec,
-            "grid": None if resample is None else ("resample" if resample else "crop")}
+            "grid": None if resample is None else ("resample" if resample else "crop"),
+            "metrics": None if metrics is None else {"names": sorted(metrics), "params": plain(metric_params or {})}}
 
 
 def read_summary(folder: Path) -> dict | None:
@@ -177,8 +178,9 @@ def _asked_otherwise(entry: dict, method: str, request) -> str | None:
     was = entry.get("asked")
     if was is None:
         return "recorded by an older nxrt (it does not say how it was asked)"
-    now = asked(request.target, request.region, request.slice_spec, request.resample)
-    for key in ("target", "region"):
+    now = asked(request.target, request.region, request.slice_spec, request.resample,
+                getattr(request, "metrics", None), getattr(request, "metric_params", None))
+    for key in ("target", "region", "metrics"):
         if was.get(key) != now[key]:
             return f"for {key} {was.get(key)!r} (this run asks {now[key]!r})"
     wanted = get_method(method).resolve_params(request.params.get(method, {}))

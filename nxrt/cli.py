@@ -198,8 +198,17 @@ def _import_nibabel() -> None:
                    "(the card's nxrt.grid=resample does the same).")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
 @click.option("--resume", is_flag=True, help="Skip cases whose outputs are complete.")
+@click.option("--evaluate", "evaluating", is_flag=True,
+              help="Also evaluate every map (the default metrics, or --metric) and estimate the tumour it points "
+                   "at: in summary.json, and metrics.csv / .md / .png for the cohort.")
+@click.option("--metric", "metric_names", multiple=True, metavar="NAME",
+              help="A metric to evaluate (repeatable; implies --evaluate; `nxrt metrics` lists them); set its "
+                   "parameters with -p METRIC.PARAM=VALUE.")
+@click.option("--mask", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="The true tumour of a single case (a mask NIfTI on its grid), instead of its _seg file.")
 def explain(model, cases, methods, targets, out, assignments, channels, region, layer, steps, samples, noise, rule,
-            interpolation, task, layout, provider, batch_size, max_memory, slice_spec, resample, overwrite, resume):
+            interpolation, task, layout, provider, batch_size, max_memory, slice_spec, resample, overwrite, resume,
+            evaluating, metric_names, mask):
     """Explain MODEL on each CASE and write maps that overlay the scan.
 
     A CASE is a 4D NIfTI (channels last), a BraTS case folder or file prefix (2021 or 2023 names), or
@@ -207,6 +216,27 @@ def explain(model, cases, methods, targets, out, assignments, channels, region, 
     channel), <method>_map.nii.gz (display map), prediction.nii.gz (segmentation), overview.png and
     summary.json. Several cases: one model load, failures isolated, exit code = number of failed cases.
     """
+    _explain(model, cases, methods, targets, out, assignments, channels, region, layer, steps, samples, noise,
+             rule, interpolation, task, layout, provider, batch_size, max_memory, slice_spec, resample, overwrite,
+             resume, evaluating or bool(metric_names), metric_names, mask)
+
+
+def _evaluate_command(**kwargs):
+    _explain(**{**kwargs, "evaluating": True})
+
+
+main.add_command(click.Command(
+    "evaluate", callback=_evaluate_command, params=[p for p in explain.params if p.name != "evaluating"],
+    help="Explain MODEL on each CASE and evaluate every map: `nxrt explain --evaluate` (same options). The "
+         "metrics (default set, or --metric NAME...) and the estimated tumour (volume, centroid; errors and Dice "
+         "against the _seg or --mask) go into each summary.json; a cohort also gets OUT/metrics.csv (a row per "
+         "case and method), metrics.md (mean +- sd per method) and metrics.png.",
+    short_help="Explain and evaluate the maps (metrics, tumour volume and centroid)."))
+
+
+def _explain(model, cases, methods, targets, out, assignments, channels, region, layer, steps, samples, noise, rule,
+             interpolation, task, layout, provider, batch_size, max_memory, slice_spec, resample, overwrite, resume,
+             evaluating, metric_names, mask):
     import threading
 
     # While onnx and the model load: nibabel (0.13 s to import) is imported and the first case's
@@ -218,10 +248,15 @@ def explain(model, cases, methods, targets, out, assignments, channels, region, 
     from . import region as regions
     from .cohort import CaseRequest, run_cohort
     from .errors import InputError
+    from .evaluation.metric import get_metric, split_cli_params
     from .explainer import Explainer
     from .registry import canonical, params_from_cli
 
     methods = canonical(list(methods) or ["vanilla", "gradcam"])  # unknown methods fail before any work
+    assignments, metric_params = split_cli_params(assignments)
+    metrics = [get_metric(m).name for m in metric_names] if evaluating else None  # unknown ones fail here
+    if metric_params and not evaluating:
+        raise InputError(f"-p {next(iter(metric_params))}.*: metric parameters need --evaluate or --metric")
     params = params_from_cli(methods, {"steps": steps, "samples": samples, "noise": noise, "rule": rule,
                                        "interpolation": interpolation, "layer": layer}, assignments)
     channel_files = _parse_channels(channels)
@@ -235,6 +270,8 @@ def explain(model, cases, methods, targets, out, assignments, channels, region, 
     ex = Explainer(model, task=task, layout=layout, providers=provider, batch_size=batch_size, max_memory=max_memory)
     items = [("--channel", None)] if channel_files and not cases else [(c, c) for c in cases]
     cohort = len(items) > 1
+    if mask is not None and cohort:
+        raise InputError("--mask is the true tumour of one case; in a cohort each case's _seg file is used")
     show = cohort or sys.stderr.isatty()  # one case into a pipe or a log: its error stays the only line
     # One case says its notes and warnings once it is done (if it fails, its error is the one line);
     # a cohort says them as they come.
@@ -248,7 +285,8 @@ def explain(model, cases, methods, targets, out, assignments, channels, region, 
 
     request = CaseRequest(methods, target=list(targets) or None, region=regions.from_cli(region), params=params,
                           slice_spec=slice_spec, resample=resample or None, overwrite=overwrite, resume=resume,
-                          channel_files=channel_files or None, warn=warn)
+                          channel_files=channel_files or None, warn=warn, metrics=metrics,
+                          metric_params=metric_params, mask=mask)
 
     def progress(k, n, name, method, left):
         if cohort and held:  # said once the work starts (refusals before it stay one line)
@@ -259,6 +297,12 @@ def explain(model, cases, methods, targets, out, assignments, channels, region, 
             click.echo(f"[{k}/{n}] {name}: {method}" + (f", about {left:.0f} s left" if left else ""), err=True)
 
     report = run_cohort(ex, items, out, request, progress=progress)
+    if metrics is not None and cohort:
+        from .evaluation.tables import write_cohort_metrics
+
+        written = write_cohort_metrics(out, [o.name for o in report.outcomes])
+        if written:
+            held.append(f"nxrt: wrote {', '.join(str(p) for p in written)}")
     for line in held:
         click.echo(line, err=True)
     for line in report.lines():
@@ -468,6 +512,25 @@ def list_methods() -> None:
         cls = classes[name]
         alias = f" ({', '.join(cls.aliases)})" if cls.aliases else ""
         click.echo(f"{name:<{width}}  {cls.summary}{alias}")
+        for p in cls.parameters:
+            default = "none" if p.default is None else p.default
+            click.echo(f"{'':<{width}}    -p {name}.{p.name}={default}  ({p.describe()})")
+
+
+@main.command("metrics")
+def list_metrics() -> None:
+    """List the registered metrics of explanations (built-ins and installed plugins), their family,
+    what they need and their parameters with defaults (set them with -p METRIC.PARAM=VALUE)."""
+    from .evaluation.metric import metric_classes
+
+    classes = metric_classes()
+    width = max((len(n) for n in classes), default=0)
+    for name in sorted(classes, key=lambda n: (classes[n].family, n)):
+        cls = classes[name]
+        needs = [n for n in cls.needs if n != "model"]
+        extra = f" [{cls.family}{'; needs ' + ', '.join(needs) if needs else ''}" + \
+            ("]" if cls.default else "; on request]")
+        click.echo(f"{name:<{width}}  {cls.summary}{extra}")
         for p in cls.parameters:
             default = "none" if p.default is None else p.default
             click.echo(f"{'':<{width}}    -p {name}.{p.name}={default}  ({p.describe()})")

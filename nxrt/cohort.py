@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
+
 from .case_folder import CaseLock, asked, carry, merged_summary, plan
 from .errors import InputError, NxrtError, OutputError
 from .imaging.outputs import DEFAULT_OUTPUTS, SUMMARY, CaseWriter, Output, kept_display_maps
@@ -160,6 +162,9 @@ class CaseRequest:
     channel_files: dict | None = None
     outputs: Sequence[Output] = DEFAULT_OUTPUTS
     warn: Callable[[str], None] | None = None  # told every warning of a result, one line each
+    metrics: Sequence[str] | None = None  # evaluate each map ([] = the default metrics; None: no evaluation)
+    metric_params: dict = field(default_factory=dict)  # {metric: {param: value}}
+    mask: Any = None  # a truth mask file for one case (instead of its _seg)
 
 
 class CaseJob:
@@ -181,6 +186,13 @@ class CaseJob:
             case = load_case(source, channels=self.explainer.card.channels, channel_files=req.channel_files or None)
         finally:
             forget_prefetched()
+        if req.mask is not None:  # the true tumour from --mask
+            from .region import read_region_mask, to_model_grid
+
+            given = read_region_mask(req.mask, label=f"--mask {req.mask}")
+            to_model_grid(given, case, _whole(case), None)  # (checks its grid against the case's)
+            case.seg = (given.mask != 0).astype(np.uint8)
+            case.seg_source = str(req.mask)
         return self.explain(case, progress, time.perf_counter() - t0, t0)
 
     def explain(self, case, progress=None, load_seconds: float = 0.0, t0: float | None = None):
@@ -216,7 +228,8 @@ class CaseJob:
         try:
             result = explain_case(self.explainer, case, todo.run, target=req.target, region=req.region,
                                   params=req.params, slice_spec=req.slice_spec, progress=progress, on_ready=writer,
-                                  load_seconds=load_seconds, warn=req.warn, resample=req.resample)
+                                  load_seconds=load_seconds, warn=req.warn, resample=req.resample,
+                                  metrics=req.metrics, metric_params=req.metric_params)
         except OutputError as exc:
             writer.abort()
             shutil.rmtree(stage, ignore_errors=True)
@@ -225,7 +238,7 @@ class CaseJob:
             writer.abort()
             shutil.rmtree(stage, ignore_errors=True)
             raise
-        how = asked(req.target, req.region, req.slice_spec, req.resample)
+        how = asked(req.target, req.region, req.slice_spec, req.resample, req.metrics, req.metric_params)
         for entry in result.summary.get("methods", {}).values():
             entry["asked"] = how
         if todo.keep:
@@ -249,6 +262,13 @@ class CaseJob:
                 lock.release()
 
         return finish
+
+
+def _whole(case):
+    """The identity geometry of a case (its own grid), to check a mask against it."""
+    from .imaging.preprocess import Geometry
+
+    return Geometry.centred(case.spatial_shape, case.spatial_shape)
 
 
 class Runner(Protocol):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from nxrt.evaluation import Metric, prepared, spatial_map
-from nxrt.evaluation.stats import average_ranks
+from nxrt.evaluation.stats import average_ranks, otsu_threshold
 from nxrt.params import Param
 
 ABS = Param("abs", bool, False, "take |a| (after normalising)")
@@ -144,17 +144,3 @@ class IoUOtsu(Metric):
             return {self.name: float("nan")}
         region = m > otsu_threshold(m, bins)
         return {self.name: float((region & s).sum() / (region | s).sum())}
-
-
-def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
-    """Otsu's threshold of `values`: the histogram bin centre that maximises the between-class
-    variance (values above it are the foreground)."""
-    counts, edges = np.histogram(values, bins=bins)
-    centres = (edges[:-1] + edges[1:]) / 2
-    counts = counts.astype(np.float64)
-    w0 = np.cumsum(counts)
-    w1 = np.cumsum(counts[::-1])[::-1]
-    m0 = np.cumsum(counts * centres) / np.maximum(w0, 1e-300)
-    m1 = (np.cumsum((counts * centres)[::-1]) / np.maximum(w1[::-1], 1e-300))[::-1]
-    between = w0[:-1] * w1[1:] * (m0[:-1] - m1[1:]) ** 2
-    return float(centres[:-1][int(np.argmax(between))])

@@ -128,10 +128,10 @@ def test_a_volume_of_depth_one_scores_as_its_2d_image():
 
 
 def test_iou_otsu_thresholds_as_scikit_image(setting):
-    from nxrt.plugins.metrics_localisation import otsu_threshold
     from skimage.filters import threshold_otsu
 
     from nxrt.evaluation import evaluate
+    from nxrt.evaluation.stats import otsu_threshold
 
     ex, x, e, masks = setting
     got = evaluate(ex, x, e, metrics=["iou_otsu"], mask=masks)["iou_otsu"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -10,7 +10,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..registry import attribution_of
-from .metric import Metric, get_metric, metric_classes
+from .metric import default_metrics, get_metric
 
 
 @dataclass
@@ -159,9 +159,7 @@ def _chosen(metrics: Sequence[str] | None, have_mask: bool, have_method: bool) -
             if "method" in needs and not have_method:
                 raise InputError(f"metric '{name}' explains again: pass the Explanation as attribution, or method=")
         return list(dict.fromkeys(names))
-    table: Mapping[str, type[Metric]] = metric_classes()
-    return [name for name, cls in sorted(table.items()) if cls.default
-            and ("mask" not in cls.needs or have_mask) and ("method" not in cls.needs or have_method)]
+    return default_metrics(have_mask, have_method)
 
 
 def _masks(mask, n: int, spatial: tuple[int, ...], layout) -> np.ndarray | None:

@@ -91,6 +91,12 @@ def metric_classes() -> dict[str, type[Metric]]:
     return dict(_load())
 
 
+def default_metrics(have_mask: bool, have_method: bool) -> list[str]:
+    """The metrics `evaluate(metrics=None)` runs: every one marked default whose needs are met."""
+    return [name for name, cls in sorted(_load().items()) if cls.default
+            and ("mask" not in cls.needs or have_mask) and ("method" not in cls.needs or have_method)]
+
+
 def get_metric(name: str) -> Metric:
     """A metric by name; an InputError lists the known names otherwise."""
     table = _load()
@@ -123,3 +129,24 @@ def spatial_map(ctx, a: np.ndarray) -> np.ndarray:
     localisation metrics compare with the mask (float64)."""
     a = np.asarray(a, dtype=np.float64)
     return a.sum(axis=ctx.layout.channel_axis(a.ndim))[0]
+
+
+def split_cli_params(assignments) -> tuple[list[str], dict[str, dict[str, Any]]]:
+    """The CLI's `-p NAME.PARAM=VALUE` texts split into those for methods (returned as they are)
+    and {metric: {param: value}} for the metrics named (text converted by the parameter's kind)."""
+    table = _load()
+    rest: list[str] = []
+    out: dict[str, dict[str, Any]] = {}
+    for text in assignments:
+        target, eq, value = text.partition("=")
+        name, dot, param = target.partition(".")
+        if eq and dot and name.strip().lower() in table:
+            cls = table[name.strip().lower()]
+            known = {p.name: p for p in cls.parameters}
+            if param.strip() not in known:
+                raise InputError(f"-p {text}: metric '{cls.name}' has no parameter '{param.strip()}'; its "
+                                 f"parameters: {', '.join(sorted(known)) or 'none'}")
+            out.setdefault(cls.name, {})[param.strip()] = known[param.strip()].parse(value, cls.name)
+        else:
+            rest.append(text)
+    return rest, out

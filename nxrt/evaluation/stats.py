@@ -59,3 +59,17 @@ def ssim(a: np.ndarray, b: np.ndarray, win_size: int = 7, data_range: float | No
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
     s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
     return float(s.mean())
+
+
+def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
+    """Otsu's threshold of `values`: the histogram bin centre that maximises the between-class
+    variance (values above it are the foreground)."""
+    counts, edges = np.histogram(values, bins=bins)
+    centres = (edges[:-1] + edges[1:]) / 2
+    counts = counts.astype(np.float64)
+    w0 = np.cumsum(counts)
+    w1 = np.cumsum(counts[::-1])[::-1]
+    m0 = np.cumsum(counts * centres) / np.maximum(w0, 1e-300)
+    m1 = (np.cumsum((counts * centres)[::-1]) / np.maximum(w1[::-1], 1e-300))[::-1]
+    between = w0[:-1] * w1[1:] * (m0[:-1] - m1[1:]) ** 2
+    return float(centres[:-1][int(np.argmax(between))])

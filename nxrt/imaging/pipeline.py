@@ -19,6 +19,7 @@ import numpy as np
 
 from ..case_folder import plain
 from ..errors import InputError, NxrtWarning
+from ..evaluation.features import tumour_estimate
 from ..explanation import Explanation
 from ..postprocess import channel_argmax, channel_magnitude, display_scale
 from ..region import to_model_grid
@@ -77,7 +78,8 @@ def explain_case(explainer, case: Case, methods: Sequence[str], target=None, reg
                  params: dict | None = None, slice_spec: str | None = None, progress=None,
                  on_ready: Callable[[str, CaseResult, str | None], None] | None = None,
                  load_seconds: float = 0.0, warn: Callable[[str], None] | None = None,
-                 resample: bool | None = None) -> CaseResult:
+                 resample: bool | None = None, metrics: Sequence[str] | None = None,
+                 metric_params: dict | None = None) -> CaseResult:
     """Explain `case` with every method; returns the CaseResult (writes nothing).
 
     params: {method: {param: value}} (aliases accepted). region: None, "predicted", a
@@ -89,6 +91,10 @@ def explain_case(explainer, case: Case, methods: Sequence[str], target=None, reg
     preprocessing. warn(line): told each warning of a method's result ("<case>: <method>: ..."),
     which summary.json also records under the method's "warnings". resample: resample the case into
     the model's grid instead of centre-cropping it (None: the card's nxrt.grid; see inputs.model_input).
+    metrics: evaluate each map with these metrics (nxrt.evaluation; [] = the default set; None: no
+    evaluation) and estimate the tumour it points at; both go into the method's summary entry
+    ("metrics", "tumour_estimate"). The truth mask is the case's _seg on the model's grid; without
+    one, the metrics that need a mask are left out (said once). metric_params: {metric: {param: value}}.
     """
     methods = canonical(methods)
     params = {canonical([k])[0]: v for k, v in (params or {}).items()}
@@ -150,6 +156,10 @@ def explain_case(explainer, case: Case, methods: Sequence[str], target=None, reg
         summary["slice"] = {"orientation": view_of_axis(slab[0], case.affine), "voxel_axis": slab[0],
                             "index": slab[1]}
     stats = _CaseStats(explainer, case, geometry, slab)
+    truth = None  # the true tumour on the model's grid, for the metrics that need a mask
+    if metrics is not None and case.seg is not None:
+        truth = geometry.to_model(case.seg > 0)
+        truth = np.squeeze(truth, axis=slab[0]) if slab is not None else truth
     if explainer.task == "segmentation":
         t = time.perf_counter()
         labels_model = stats.predict(lift(output)[0], summary)
@@ -177,6 +187,12 @@ def explain_case(explainer, case: Case, methods: Sequence[str], target=None, reg
         for line in maps.entry.get("warnings", []):
             if warn:
                 warn(f"{case.name}: {e.method}: {line}")
+        if metrics is not None:
+            t = time.perf_counter()
+            maps.entry["metrics"] = _evaluated(explainer, x, e, metrics, metric_params, truth, region,
+                                               warn if k == 0 else None, case)  # (said once per case)
+            maps.entry["tumour_estimate"] = tumour_estimate(np.asarray(maps.display), case.affine, case.seg)
+            maps.entry["evaluation_seconds"] = round(time.perf_counter() - t, 4)
         if on_ready:
             on_ready("method", result, maps.name)
     result.figure = stats.figure_inputs(result)
@@ -293,6 +309,30 @@ class _CaseStats:
         first = next(iter(result.summary["methods"].values()), None)
         title = f"{case.name}: {self.task}, target {first['target']}" if first else case.name
         return FigureInputs(case.data[..., bg], center, title, contour, views)
+
+
+def _evaluated(explainer, x, e, metrics, metric_params, truth, region, warn, case) -> dict:
+    """The metrics of one map, JSON-ready (NaN -> None, curves as lists); without a truth mask the
+    metrics that need one are left out, said once per case."""
+    from ..evaluation import evaluate
+    from ..evaluation.metric import default_metrics, get_metric
+
+    names = list(metrics) or default_metrics(have_mask=truth is not None, have_method=True)
+    if truth is None:
+        dropped = [m for m in names if "mask" in get_metric(m).needs]
+        names = [m for m in names if m not in dropped]
+        if dropped and warn:
+            warn(f"{case.name}: no _seg (true tumour) given: {', '.join(dropped)} left out; give --mask or a _seg file")
+    params = {m: v for m, v in (metric_params or {}).items() if m in names}
+    values = evaluate(explainer, x, e, metrics=names, mask=truth, region=region, **params) if names else {}
+    return {k: _json_value(v) for k, v in values.items()}
+
+
+def _json_value(v):
+    arr = np.asarray(v, dtype=np.float64)
+    if arr.ndim == 0:
+        return None if not np.isfinite(arr) else float(arr)
+    return [None if not np.isfinite(a) else float(a) for a in arr.ravel()]
 
 
 def _utc_now() -> str:
