@@ -20,6 +20,10 @@ by the sum of the map (summed over its channels) inside it.
   the subset is replaced by the baseline. (Quantus' default subset of 224 features is a speck of
   a 3D volume: raise it there.)
 
+Scores: with softmax=True (Quantus' default for pixel flipping and region perturbation, and
+RISE's for deletion / insertion) a classifier is scored by its class probability when its output is
+logits; faithfulness correlation uses the output as it is (Quantus' default).
+
 Baselines (`perturb_baseline`): "zero"; "black" / "white" (the sample's minimum / maximum, as
 Quantus); "mean" (each channel's mean over the unperturbed sample: Quantus 0.6 instead takes the
 mean of its whole padded array again at every step, perturbed values included); "blur" (each
@@ -121,15 +125,20 @@ def ranked_patches(ctx, a, patch, abs: bool, normalise: bool, order: str = "morf
     return rank_of[ids], voxels[ranking]
 
 
-def scores_of(ctx, count: int, make) -> np.ndarray:
+def scores_of(ctx, count: int, make, softmax: bool) -> np.ndarray:
     """The explained score of `count` generated inputs (make(k) -> input k, [1, ...]), scored a
-    forward batch at a time."""
+    forward batch at a time (softmax: see EvaluationContext.scores)."""
     out = np.empty(count, np.float64)
     size = max(1, ctx.batch_size)
     for start in range(0, count, size):
         stop = min(count, start + size)
-        out[start:stop] = ctx.scores(np.concatenate([make(k) for k in range(start, stop)], axis=0))
+        out[start:stop] = ctx.scores(np.concatenate([make(k) for k in range(start, stop)], axis=0), softmax)
     return out
+
+
+def _softmax_param(default: bool) -> Param:
+    return Param("softmax", bool, default, "score a classifier by its class probability (when its output is "
+                 "not one already); a segmenter's scores are used as they are")
 
 
 def _mixed(ctx, x, other, inside: np.ndarray) -> np.ndarray:
@@ -154,10 +163,10 @@ def _baseline_param(default: str) -> Param:
 class _Curve(Metric):
     family = "faithfulness"
     needs = ("model",)
-    parameters = (STEPS, PATCH, _baseline_param("zero"), SIGMA, ABS, NORMALISE)
+    parameters = (STEPS, PATCH, _baseline_param("zero"), SIGMA, ABS, NORMALISE, _softmax_param(True))
     inserting = False
 
-    def score(self, ctx, a, mask, steps, patch_size, perturb_baseline, blur_sigma, abs, normalise):
+    def score(self, ctx, a, mask, steps, patch_size, perturb_baseline, blur_sigma, abs, normalise, softmax):
         x = ctx.x
         rank, voxels = ranked_patches(ctx, a, patch_size, abs, normalise)
         base = baseline(ctx, x, perturb_baseline, blur_sigma)
@@ -165,8 +174,8 @@ class _Curve(Metric):
         cut = [math.ceil(k * n / steps) for k in range(steps + 1)]  # patches changed after step k
         fraction = np.array([voxels[:c].sum() for c in cut], np.float64) / voxels.sum()
         first, second = (base, x) if self.inserting else (x, base)
-        full = float(ctx.scores(x)[0])
-        scores = scores_of(ctx, steps + 1, lambda k: _mixed(ctx, first, second, rank < cut[k]))
+        full = float(ctx.scores(x, softmax)[0])
+        scores = scores_of(ctx, steps + 1, lambda k: _mixed(ctx, first, second, rank < cut[k]), softmax)
         if full == 0:
             return {self.name: float("nan"), f"{self.name}_curve": np.full(steps + 1, np.nan)}
         curve = scores / full
@@ -187,7 +196,7 @@ class Insertion(_Curve):
 
     name = "insertion"
     summary = "score regained as the most relevant patches are inserted (area; higher is better)"
-    parameters = (STEPS, PATCH, _baseline_param("blur"), SIGMA, ABS, NORMALISE)
+    parameters = (STEPS, PATCH, _baseline_param("blur"), SIGMA, ABS, NORMALISE, _softmax_param(True))
     inserting = True
 
 
@@ -203,15 +212,15 @@ class RegionPerturbation(Metric):
     parameters = (PATCH, Param("order", str, "morf", "most relevant first, least, or random",
                                choices=("morf", "lerf", "random")),
                   Param("regions_evaluation", int, 100, "patches perturbed, one after another", minimum=1),
-                  _baseline_param("black"), SIGMA, ABS, NORMALISE)
+                  _baseline_param("black"), SIGMA, ABS, NORMALISE, _softmax_param(True))
 
     def score(self, ctx, a, mask, patch_size, order, regions_evaluation, perturb_baseline, blur_sigma, abs,
-              normalise):
+              normalise, softmax):
         x = ctx.x
         rank, voxels = ranked_patches(ctx, a, patch_size, abs, normalise, order)
         steps = min(regions_evaluation, voxels.size)
         base = baseline(ctx, x, perturb_baseline, blur_sigma)
-        scores = scores_of(ctx, steps + 1, lambda k: _mixed(ctx, x, base, rank < k))
+        scores = scores_of(ctx, steps + 1, lambda k: _mixed(ctx, x, base, rank < k), softmax)
         return {self.name: float(np.mean(scores[0] - scores[1:])), f"{self.name}_curve": scores}
 
 
@@ -226,9 +235,9 @@ class FaithfulnessCorrelation(Metric):
     needs = ("model",)
     parameters = (Param("nr_runs", int, 100, "random subsets", minimum=2),
                   Param("subset_size", int, 224, "input features per subset", minimum=1),
-                  _baseline_param("black"), SIGMA, ABS, NORMALISE)
+                  _baseline_param("black"), SIGMA, ABS, NORMALISE, _softmax_param(False))
 
-    def score(self, ctx, a, mask, nr_runs, subset_size, perturb_baseline, blur_sigma, abs, normalise):
+    def score(self, ctx, a, mask, nr_runs, subset_size, perturb_baseline, blur_sigma, abs, normalise, softmax):
         x = ctx.x
         m = np.broadcast_to(prepared(a, abs, normalise), x.shape).ravel()
         if subset_size > m.size:
@@ -242,7 +251,7 @@ class FaithfulnessCorrelation(Metric):
             flat[subsets[k]] = base[subsets[k]]
             return flat.reshape(x.shape)
 
-        drops = float(ctx.scores(x)[0]) - scores_of(ctx, nr_runs, make)
+        drops = float(ctx.scores(x, softmax)[0]) - scores_of(ctx, nr_runs, make, softmax)
         sums = np.array([m[s].sum() for s in subsets])
         if np.std(drops) == 0 or np.std(sums) == 0:
             return {self.name: float("nan")}

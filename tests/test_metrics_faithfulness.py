@@ -168,3 +168,22 @@ def test_faithfulness_correlation_is_one_for_gradient_x_input_of_a_linear_model(
     got = evaluate(ex, x, e, metrics=["faithfulness_correlation"],
                    faithfulness_correlation={"subset_size": 12, "nr_runs": 30, "perturb_baseline": "zero"})
     np.testing.assert_allclose(got["faithfulness_correlation"], 1.0, atol=1e-5)
+
+
+def test_a_logit_classifier_is_scored_by_its_probability_unless_softmax_is_off():
+    import onnxruntime as ort
+
+    import nxrt
+    from nxrt.evaluation import evaluate
+    from tests.test_metrics_quantus import conv_model
+
+    model = conv_model((10, 8))  # ends with a MatMul: logits
+    ex = nxrt.Explainer(model, task="classification", layout="channels_first")
+    x = np.random.default_rng(9).standard_normal((1, 3, 10, 8)).astype(np.float32)
+    a = np.random.default_rng(10).standard_normal((1, 1, 10, 8)).astype(np.float32)
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    logits = sess.run(None, {"x": x})[0][0].astype(np.float64)
+    for softmax, want in ((True, np.exp(logits[1]) / np.exp(logits).sum()), (False, logits[1])):
+        got = evaluate(ex, x, a, target=1, metrics=["region_perturbation"],
+                       region_perturbation={"softmax": softmax, "patch_size": 5, "regions_evaluation": 2})
+        assert got["region_perturbation_curve"][0] == pytest.approx(want, rel=1e-5)

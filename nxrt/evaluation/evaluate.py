@@ -48,11 +48,26 @@ class EvaluationContext:
         """Inputs per forward-session call."""
         return self.context.forward_batch_size
 
-    def scores(self, xs: np.ndarray) -> np.ndarray:
+    def scores(self, xs: np.ndarray, softmax: bool = False) -> np.ndarray:
         """The explained score (the target's scores summed, as explain uses them) of each input of
-        a stack [n, ...], in chunks of the forward session's batch size."""
-        s = self.context.forward(np.ascontiguousarray(xs, dtype=np.float32))
-        return s[:, self.target].sum(axis=1).astype(np.float64)
+        a stack [n, ...], in chunks of the forward session's batch size. softmax: a classifier's
+        class probabilities instead, when its output is not already one (no Softmax / Sigmoid /
+        LogSoftmax at the end); a segmenter's scores are used as they are."""
+        s = self.context.forward(np.ascontiguousarray(xs, dtype=np.float32)).astype(np.float64)
+        if softmax and self.explainer.task == "classification":
+            kind = self._output_activation()
+            if kind == "LogSoftmax":
+                s = np.exp(s)
+            elif kind is None:
+                s = np.exp(s - s.max(axis=1, keepdims=True))
+                s /= s.sum(axis=1, keepdims=True)
+        return s[:, self.target].sum(axis=1)
+
+    def _output_activation(self) -> str | None:
+        graph = self.explainer.model.proto.graph
+        producer = next((n for n in graph.node if self.explainer.output_name in n.output), None)
+        return producer.op_type if producer is not None and producer.op_type in ("Softmax", "Sigmoid",
+                                                                                  "LogSoftmax") else None
 
     def explain(self, x: np.ndarray | None = None, explainer=None, **override) -> np.ndarray:
         """The attribution of `x` (default the sample) by the method that made the evaluated map,
