@@ -122,3 +122,17 @@ def test_a_case_without_truth_evaluates_what_needs_none_and_says_so(tmp_path, se
     assert res.returncode == 0, res.stderr
     entry = json.loads((tmp_path / "out2" / "c1" / "summary.json").read_text())["methods"]["vanilla"]
     assert entry["metrics"]["pointing_game"] in (0.0, 1.0) and entry["tumour_estimate"]["true_volume_ml"] > 0
+
+
+def test_nxrt_metrics_lists_every_registered_metric_with_its_parameters():
+    from nxrt.evaluation import metrics
+    from nxrt.evaluation.metric import metric_classes
+
+    res = run_cli("metrics")
+    assert res.returncode == 0, res.stderr
+    names = metrics()
+    assert len(names) == 17
+    for name in names:
+        assert f"\n{name} " in "\n" + res.stdout
+        for p in metric_classes()[name].parameters:
+            assert f"-p {name}.{p.name}=" in res.stdout

@@ -187,3 +187,14 @@ def test_a_logit_classifier_is_scored_by_its_probability_unless_softmax_is_off()
         got = evaluate(ex, x, a, target=1, metrics=["region_perturbation"],
                        region_perturbation={"softmax": softmax, "patch_size": 5, "regions_evaluation": 2})
         assert got["region_perturbation_curve"][0] == pytest.approx(want, rel=1e-5)
+
+
+def test_the_blur_baseline_is_scipys_gaussian_filter():
+    from scipy.ndimage import gaussian_filter
+
+    from nxrt.plugins.metrics_faithfulness import gaussian_blur
+
+    x = np.random.default_rng(12).standard_normal((1, 4, 20, 18, 16)).astype(np.float32)
+    for sigma in (0.8, 1.5, 3.0):
+        want = gaussian_filter(x.astype(np.float64), sigma=(0, 0, sigma, sigma, sigma), mode="mirror", truncate=3.0)
+        np.testing.assert_allclose(gaussian_blur(x, sigma, (2, 3, 4)), want, atol=1e-6)
