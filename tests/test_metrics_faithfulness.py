@@ -190,9 +190,8 @@ def test_a_logit_classifier_is_scored_by_its_probability_unless_softmax_is_off()
 
 
 def test_the_blur_baseline_is_scipys_gaussian_filter():
-    from scipy.ndimage import gaussian_filter
-
     from nxrt.plugins.metrics_faithfulness import gaussian_blur
+    from scipy.ndimage import gaussian_filter
 
     x = np.random.default_rng(12).standard_normal((1, 4, 20, 18, 16)).astype(np.float32)
     for sigma in (0.8, 1.5, 3.0):
