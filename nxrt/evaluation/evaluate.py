@@ -130,7 +130,7 @@ def evaluate(explainer, x: np.ndarray, attribution, target=None, metrics: Sequen
     targets = None
     if isinstance(attribution, Explanation):
         method = method or attribution.method
-        params = {**attribution.params, **(params or {})} if params is None else params
+        params = attribution.params if params is None else params
         targets = attribution.targets if target is None else None
         a = attribution.attribution
     else:
