@@ -257,6 +257,14 @@ def _explain(model, cases, methods, targets, out, assignments, channels, region,
     metrics = [get_metric(m).name for m in metric_names] if evaluating else None  # unknown ones fail here
     if metric_params and not evaluating:
         raise InputError(f"-p {next(iter(metric_params))}.*: metric parameters need --evaluate or --metric")
+    if metric_params:  # a parameter of a metric that will not run would be silently ignored
+        from .evaluation.metric import default_metrics
+
+        chosen = metrics or default_metrics(have_mask=True, have_method=True)
+        idle = [m for m in metric_params if m not in chosen]
+        if idle:
+            raise InputError(f"-p {idle[0]}.*: metric '{idle[0]}' is not evaluated (evaluated: {', '.join(chosen)}); "
+                             f"add --metric {idle[0]}")
     params = params_from_cli(methods, {"steps": steps, "samples": samples, "noise": noise, "rule": rule,
                                        "interpolation": interpolation, "layer": layer}, assignments)
     channel_files = _parse_channels(channels)

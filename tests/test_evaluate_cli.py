@@ -98,7 +98,9 @@ def test_metric_errors_are_one_line(tmp_path, seg_onnx):
     cases = ((["--metric", "no_such"], "unknown metric 'no_such'"),
              (["--metric", "deletion", "-p", "deletion.nope=1"], "metric 'deletion' has no parameter 'nope'"),
              (["-p", "deletion.steps=3"], "metric parameters need --evaluate or --metric"),
-             (["--evaluate", "--metric", "deletion", "-p", "deletion.steps=0"], "deletion: steps must be an integer"))
+             (["--evaluate", "--metric", "deletion", "-p", "deletion.steps=0"], "deletion: steps must be an integer"),
+             (["--evaluate", "-p", "mprt.seed=3"], "metric 'mprt' is not evaluated"),
+             (["--metric", "auc", "-p", "deletion.steps=3"], "add --metric deletion"))
     for args, words in cases:
         res = run_cli("explain", seg_onnx, tmp_path / "c1", "-m", "vanilla", "-o", tmp_path / "out", *args)
         lines = res.stderr.strip().splitlines()
