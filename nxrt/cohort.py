@@ -187,10 +187,10 @@ class CaseJob:
         finally:
             forget_prefetched()
         if req.mask is not None:  # the true tumour from --mask
-            from .region import read_region_mask, to_model_grid
+            from .region import check_on_case, read_region_mask
 
             given = read_region_mask(req.mask, label=f"--mask {req.mask}")
-            to_model_grid(given, case, _whole(case), None)  # (checks its grid against the case's)
+            check_on_case(given, case)
             case.seg = (given.mask != 0).astype(np.uint8)
             case.seg_source = str(req.mask)
         return self.explain(case, progress, time.perf_counter() - t0, t0)
@@ -262,13 +262,6 @@ class CaseJob:
                 lock.release()
 
         return finish
-
-
-def _whole(case):
-    """The identity geometry of a case (its own grid), to check a mask against it."""
-    from .imaging.preprocess import Geometry
-
-    return Geometry.centred(case.spatial_shape, case.spatial_shape)
 
 
 class Runner(Protocol):

@@ -101,6 +101,16 @@ def from_cli(text: str | None) -> str | RegionMask | None:
     return read_region_mask(text)
 
 
+def check_on_case(region: RegionMask, case) -> None:
+    """A RegionMask must lie on the case's voxel grid (shape, and affine when known); one line if not."""
+    if region.mask.shape != case.spatial_shape:
+        raise InputError(f"{region.source}: shape {region.mask.shape} differs from case '{case.name}' "
+                         f"{case.spatial_shape}; draw the region on this case's voxel grid")
+    if region.affine is not None and not np.allclose(region.affine, case.affine, atol=1e-4):
+        raise InputError(f"{region.source}: affine differs from case '{case.name}'; the region must be on the "
+                         "case's voxel grid (resample it first)")
+
+
 def to_model_grid(region, case, geometry, slab=None):
     """A region given for a case, as `Explainer.explain` takes it: a RegionMask (or a plain array
     of the case's spatial shape) is checked against the case and mapped through the crop/pad
@@ -110,12 +120,7 @@ def to_model_grid(region, case, geometry, slab=None):
         region = RegionMask(region)
     if not isinstance(region, RegionMask):
         return region
-    if region.mask.shape != case.spatial_shape:
-        raise InputError(f"{region.source}: shape {region.mask.shape} differs from case '{case.name}' "
-                         f"{case.spatial_shape}; draw the region on this case's voxel grid")
-    if region.affine is not None and not np.allclose(region.affine, case.affine, atol=1e-4):
-        raise InputError(f"{region.source}: affine differs from case '{case.name}'; the region must be on the "
-                         "case's voxel grid (resample it first)")
+    check_on_case(region, case)
     inside = geometry.to_model(region.mask != 0)
     if slab is not None:
         inside = np.squeeze(inside, axis=slab[0])

@@ -45,31 +45,29 @@ def sensitivities(ctx, a, nr_samples, lower_bound, upper_bound, abs, normalise,
     return out
 
 
-class MaxSensitivity(Metric):
-    """The largest relative change of the map over the perturbations (see the module docstring)."""
-
-    name = "max_sensitivity"
+class _Sensitivity(Metric):
     family = "robustness"
-    summary = "largest relative change of the map under small input noise (lower is better)"
     needs = ("model", "method")
     parameters = PARAMETERS
     default = False  # nr_samples explanations: asked for, not run by default
+    reduce = staticmethod(np.nanmax)
 
     def score(self, ctx, a, mask, **params):
         s = sensitivities(ctx, a, **params)
-        return {self.name: float(np.nanmax(s)) if np.isfinite(s).any() else float("nan")}
+        return {self.name: float(self.reduce(s)) if np.isfinite(s).any() else float("nan")}
 
 
-class AvgSensitivity(Metric):
+class MaxSensitivity(_Sensitivity):
+    """The largest relative change of the map over the perturbations (see the module docstring)."""
+
+    name = "max_sensitivity"
+    summary = "largest relative change of the map under small input noise (lower is better)"
+    reduce = staticmethod(np.nanmax)
+
+
+class AvgSensitivity(_Sensitivity):
     """The mean relative change of the map over the perturbations (see the module docstring)."""
 
     name = "avg_sensitivity"
-    family = "robustness"
     summary = "mean relative change of the map under small input noise (lower is better)"
-    needs = ("model", "method")
-    parameters = PARAMETERS
-    default = False
-
-    def score(self, ctx, a, mask, **params):
-        s = sensitivities(ctx, a, **params)
-        return {self.name: float(np.nanmean(s)) if np.isfinite(s).any() else float("nan")}
+    reduce = staticmethod(np.nanmean)

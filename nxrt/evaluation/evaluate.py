@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,7 +56,7 @@ class EvaluationContext:
         LogSoftmax at the end); a segmenter's scores are used as they are."""
         s = self.context.forward(np.ascontiguousarray(xs, dtype=np.float32)).astype(np.float64)
         if softmax and self.explainer.task == "classification":
-            kind = self._output_activation()
+            kind = self._output_activation
             if kind == "LogSoftmax":
                 s = np.exp(s)
             elif kind is None:
@@ -63,6 +64,7 @@ class EvaluationContext:
                 s /= s.sum(axis=1, keepdims=True)
         return s[:, self.target].sum(axis=1)
 
+    @functools.cached_property
     def _output_activation(self) -> str | None:
         graph = self.explainer.model.proto.graph
         producer = next((n for n in graph.node if self.explainer.output_name in n.output), None)
