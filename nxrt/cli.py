@@ -206,9 +206,16 @@ def _import_nibabel() -> None:
                    "parameters with -p METRIC.PARAM=VALUE.")
 @click.option("--mask", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="The true tumour of a single case (a mask NIfTI on its grid), instead of its _seg file.")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="", default=None, metavar="[ADDRESS]",
+              help="Run the cases on a Ray cluster: auto, HOST:PORT or ray://HOST:PORT; --ray alone starts Ray on "
+                   "this machine. Every node must see the model, the cases and -o at the same paths.")
+@click.option("--ray-workers", type=click.IntRange(min=1), default=None,
+              help="With --ray: how many workers (default: the cluster's CPUs / --ray-cpus).")
+@click.option("--ray-cpus", type=click.IntRange(min=1), default=1, show_default=True,
+              help="With --ray: CPUs (and onnxruntime threads) per worker.")
 def explain(model, cases, methods, targets, out, assignments, channels, region, layer, steps, samples, noise, rule,
             interpolation, task, layout, provider, batch_size, max_memory, slice_spec, resample, overwrite, resume,
-            evaluating, metric_names, mask):
+            evaluating, metric_names, mask, ray_address, ray_workers, ray_cpus):
     """Explain MODEL on each CASE and write maps that overlay the scan.
 
     A CASE is a 4D NIfTI (channels last), a BraTS case folder or file prefix (2021 or 2023 names), or
@@ -219,7 +226,7 @@ def explain(model, cases, methods, targets, out, assignments, channels, region, 
     """
     _explain(model, cases, methods, targets, out, assignments, channels, region, layer, steps, samples, noise,
              rule, interpolation, task, layout, provider, batch_size, max_memory, slice_spec, resample, overwrite,
-             resume, evaluating or bool(metric_names), metric_names, mask)
+             resume, evaluating or bool(metric_names), metric_names, mask, ray_address, ray_workers, ray_cpus)
 
 
 def _evaluate_command(**kwargs):
@@ -237,7 +244,7 @@ main.add_command(click.Command(
 
 def _explain(model, cases, methods, targets, out, assignments, channels, region, layer, steps, samples, noise, rule,
              interpolation, task, layout, provider, batch_size, max_memory, slice_spec, resample, overwrite, resume,
-             evaluating, metric_names, mask):
+             evaluating, metric_names, mask, ray_address=None, ray_workers=None, ray_cpus=1):
     import threading
 
     # While onnx and the model load: nibabel (0.13 s to import) is imported and the first case's
@@ -268,6 +275,14 @@ def _explain(model, cases, methods, targets, out, assignments, channels, region,
                              f"add --metric {idle[0]}")
     params = params_from_cli(methods, {"steps": steps, "samples": samples, "noise": noise, "rule": rule,
                                        "interpolation": interpolation, "layer": layer}, assignments)
+    runner = None
+    if ray_address is not None:
+        from .cohort_ray import RayRunner, check_installed
+
+        check_installed()  # without Ray: one line saying which extra to install, before any work
+        runner = RayRunner(ray_address, workers=ray_workers, cpus=ray_cpus)
+    elif ray_workers is not None or ray_cpus != 1:
+        raise InputError("--ray-workers and --ray-cpus apply to --ray runs; add --ray [ADDRESS]")
     channel_files = _parse_channels(channels)
     for case in cases:  # `-m vanilla gradcam` makes gradcam a case: say what was meant
         if not Path(case).exists() and _is_method(str(case)):
@@ -305,7 +320,7 @@ def _explain(model, cases, methods, targets, out, assignments, channels, region,
         if show:
             click.echo(f"[{k}/{n}] {name}: {method}" + (f", about {left:.0f} s left" if left else ""), err=True)
 
-    report = run_cohort(ex, items, out, request, progress=progress)
+    report = run_cohort(ex, items, out, request, runner=runner, progress=progress)
     if metrics is not None and cohort:
         from .evaluation.tables import write_cohort_metrics
 

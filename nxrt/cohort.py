@@ -45,20 +45,29 @@ def case_finished(folder: Path) -> bool:
     return (Path(folder) / SUMMARY).exists()
 
 
-#: this run's part of every staging folder name: the process and a random token
-RUN_TAG = f"{os.getpid()}-{secrets.token_hex(4)}"
+def _host_tag() -> str:
+    import hashlib
+    import socket
+
+    return hashlib.blake2b(socket.gethostname().encode(), digest_size=4).hexdigest()
+
+
+#: this machine, as staging folder names carry it (a pid says nothing about another machine's processes)
+HOST = _host_tag()
+#: this run's part of every staging folder name: the process, a random token and the machine
+RUN_TAG = f"{os.getpid()}-{secrets.token_hex(4)}-h{HOST}"
 
 
 def staging_folder(out_root: Path, name: str) -> Path:
     """The hidden folder a case is written into before its commit: unique per case and per run
-    (`.NAME.partial-PID-TOKEN`), so two runs never share one, even on one machine."""
+    (`.NAME.partial-PID-TOKEN-hHOST`), so two runs never share one, even on one machine."""
     return Path(out_root) / f".{name}.partial-{RUN_TAG}"
 
 
 def commit(stage: Path, final: Path) -> None:
     """Move a staged case into place (an existing folder is replaced: the caller checked that
     replacing it was asked for). Killed between the two renames, the previous folder survives as
-    `.NAME.old-PID-TOKEN`, which the next run puts back (`clean_stale`)."""
+    `.NAME.old-PID-TOKEN-hHOST`, which the next run puts back (`clean_stale`)."""
     old = None
     if final.exists():
         old = final.with_name(f".{final.name}.old-{RUN_TAG}")
@@ -68,7 +77,7 @@ def commit(stage: Path, final: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-_LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?P<kind>partial|old)-?(?P<pid>\d+)(-[0-9a-f]+)?$")
+_LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?P<kind>partial|old)-?(?P<pid>\d+)(-[0-9a-f]+)?(-h(?P<host>[0-9a-f]{8}))?$")
 
 
 def _alive(pid: int) -> bool:
@@ -81,16 +90,28 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def clean_stale(out_root: Path) -> list[Path]:
+def clean_stale(out_root: Path, name: str | None = None) -> list[Path]:
     """Remove the staging folders of runs that are gone (a SIGKILL leaves them) and put back a
-    case folder a killed commit had moved aside; folders of live runs are left alone."""
+    case folder a killed commit had moved aside; folders of live runs are left alone.
+
+    A leftover of this machine is gone when its pid is. One written on another machine (a cluster
+    worker) cannot be judged by pid here: it is cleaned only with `name` given, by the holder of
+    that case's lock -- every writer holds it from staging to commit, so no live run can own it."""
     out_root = Path(out_root)
     handled = []
     if not out_root.is_dir():
         return handled
+    if name is None:
+        handled.extend(_drop_free_locks(out_root))
     for path in sorted(out_root.iterdir()):
         m = _LEFTOVER.match(path.name)
-        if not m or not path.is_dir() or _alive(int(m.group("pid"))):
+        if not m or not path.is_dir() or (name is not None and m.group("name") != name):
+            continue
+        host = m.group("host")
+        if host is not None and host != HOST:
+            if name is None:
+                continue
+        elif path.name.endswith(RUN_TAG) or _alive(int(m.group("pid"))):
             continue
         final = out_root / m.group("name")
         if m.group("kind") == "old" and not final.exists():
@@ -99,6 +120,21 @@ def clean_stale(out_root: Path) -> list[Path]:
             shutil.rmtree(path, ignore_errors=True)
         handled.append(path)
     return handled
+
+
+def _drop_free_locks(out_root: Path) -> list[Path]:
+    """Remove the lock files no live run holds (a killed owner leaves its file; the kernel dropped
+    its lock): each is taken and released as any run would, so a held one is never touched."""
+    from .case_folder import CaseBusy
+
+    dropped = []
+    for path in sorted(out_root.glob(".*.lock")):
+        try:
+            CaseLock(out_root, path.name[1:-len(".lock")]).acquire().release()
+        except (CaseBusy, OutputError):
+            continue
+        dropped.append(path)
+    return dropped
 
 
 class Interrupted(BaseException):
@@ -212,6 +248,7 @@ class CaseJob:
 
         req = self.request
         final = self.out / case.name
+        clean_stale(self.out, case.name)  # what a worker killed on this case left (any machine: we hold the lock)
         model = self.explainer.model
         todo = plan(final, canonical(req.methods), req, (model.file_sha256, model.digest))
         if todo.nothing_to_do:
@@ -413,3 +450,27 @@ def run_cohort(explainer, items: Sequence[Item], out: Path, request: CaseRequest
         except Interrupted as stop:
             outcomes = stop.outcomes or [CaseOutcome(Path(str(label)).name, "stopped") for label, _ in items]
             return CohortReport(outcomes, Path(out), stop.signum)
+
+
+def run(explainer, cases: Sequence, out: str | os.PathLike, methods: Sequence[str] = ("vanilla", "gradcam"),
+        runner: Runner | None = None, progress: Progress | None = None, **options) -> CohortReport:
+    """Explain every case into `out` as `nxrt explain` does: the Python form of a cohort run.
+
+    explainer: an Explainer, or a model path. cases: NIfTI files, BraTS case folders or prefixes.
+    runner: LocalRunner() (default) or e.g. nxrt.cohort_ray.RayRunner("auto"). options: the other
+    CaseRequest fields (target, region, params, overwrite, resume, metrics, metric_params, ...).
+    With metrics, a cohort also gets metrics.csv / .md / .png. Returns the CohortReport (outcome per
+    case; `exit_code` as the CLI's)."""
+    from .explainer import Explainer
+    from .registry import canonical
+
+    ex = explainer if isinstance(explainer, Explainer) else Explainer(explainer)
+    request = CaseRequest(canonical(list(methods)), **options)
+    items = [(str(c), str(c)) for c in cases]
+    report = run_cohort(ex, items, Path(out), request, runner=runner, progress=progress)
+    if request.metrics is not None and len(items) > 1:
+        from .evaluation.tables import write_cohort_metrics
+
+        write_cohort_metrics(Path(out), [o.name for o in report.outcomes])
+    return report
+

@@ -13,6 +13,7 @@ import os
 import time
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -120,6 +121,10 @@ class Explainer:
             raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.batch_size = batch_size
         self.seed = seed
+        #: the settings another process needs to build this Explainer again (`recipe`)
+        self.settings = {"task": task, "layout": None if layout is None else str(layout), "providers": providers,
+                         "batch_size": batch_size, "score": score, "output": output, "seed": seed,
+                         "threads": threads, "max_memory": max_memory}
         self.pool = SessionPool(providers, threads, batch_size, None if max_memory is None else parse_bytes(max_memory))
         self.providers = self.pool.providers
         self.sessions = ModelSessions(self.model, self.spec, self.pool)
@@ -216,6 +221,18 @@ class Explainer:
                            merge_extras(extras), time.perf_counter() - t0,
                            self.pool.stats()["build_seconds"] - built, notes)
 
+    def recipe(self, **changes) -> ExplainerRecipe:
+        """What another process (a cluster worker) needs to build this Explainer again: the model
+        file's absolute path (the file must be readable there too), or the model's bytes when it
+        was given in memory, and the constructor's settings; `changes` replace settings (e.g.
+        threads=1 for a worker given one CPU)."""
+        unknown = set(changes) - set(self.settings)
+        if unknown:
+            raise TypeError(f"unknown Explainer settings: {', '.join(sorted(unknown))}")
+        source = self.model.source
+        model = os.path.abspath(source) if source and os.path.isfile(source) else self.model.proto.SerializeToString()
+        return ExplainerRecipe(model, {**self.settings, **changes})
+
     def with_weights(self, proto: onnx.ModelProto) -> Explainer:
         """An Explainer of `proto` -- this model with other weights (the same graph, e.g. the
         randomised models of an MPRT sanity check) -- with this one's settings (score definition,
@@ -245,6 +262,19 @@ class Explainer:
 
     def check_input(self, x) -> np.ndarray:
         return check_input(x, self.model.input_name, self.model.input_shape)
+
+
+@dataclass(frozen=True)
+class ExplainerRecipe:
+    """An Explainer as plain, picklable data (`Explainer.recipe`): a model path or the model's
+    bytes, and the constructor's settings. `build()` makes the Explainer."""
+
+    model: str | bytes
+    settings: dict
+
+    def build(self) -> Explainer:
+        model = self.model if isinstance(self.model, str) else onnx.load_from_string(self.model)
+        return Explainer(model, **self.settings)
 
 
 def check_input(x, name: str, want: tuple) -> np.ndarray:

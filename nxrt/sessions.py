@@ -15,10 +15,12 @@ from dataclasses import replace
 
 from . import passes
 from .cache import cached_entry
-from .engine import Built, PooledSession, SessionPool, auto_batch_size
+from .engine import Built, PooledSession, SessionPool, activation_bytes_per_sample, auto_batch_size
 from .errors import ModelError
 from .graph import GraphInfo, dims_of
 
+#: activations one forward call may plan for before a larger batch stops paying (see `forward`)
+FORWARD_CALL_BYTES = 1 << 30
 
 class ModelSessions:
     """Sessions of one model (`nxrt.Model`) under one score definition (`passes.ScoreSpec`)."""
@@ -95,8 +97,13 @@ class ModelSessions:
         def build(options: dict) -> Built:
             model = passes.score_model(self._fixed(sample_shape), spec)
             # the estimate counts a forward's largest tensors only; onnxruntime's forward plan holds
-            # more at once, so a third of it (the same guess the gradient graph refines for itself)
-            return Built(model, max(1, auto_batch_size(model, self.pool.max_memory) // 3), fixed_batch=options["batch"])
+            # more at once, so a third of it (the same guess the gradient graph refines for itself).
+            # A batch larger than FORWARD_CALL_BYTES of activations is no faster, only slower: 42
+            # forwards of a DynUNet at 4x128^3 took 61-65 s at batch 1 or 2, 72 s at batch 5 (the
+            # memory estimate's), 62 s one at a time in plain onnxruntime (2 threads).
+            fits = auto_batch_size(model, self.pool.max_memory) // 3
+            quick = FORWARD_CALL_BYTES // activation_bytes_per_sample(model)
+            return Built(model, max(1, min(fits, quick)), fixed_batch=options["batch"])
 
         return self.pool.get(self.model.digest, self._options("forward", sample_shape, spec), build)
 

@@ -12,12 +12,16 @@ randomised model is explained by the same method with the same parameters and ta
   the original map with the map after full randomisation (every layer; near 0 passes the check);
   `mprt_curve` that correlation after each layer from the output back (the last entry is full
   randomisation) and `mprt_ssim_curve` the SSIM of the maps summed over channels, in their 2D/3D
-  grid. As Quantus, the maps are compared after abs and normalisation, and skip_layers=True
-  (Quantus' default) explains only the fully randomised model: the curves then have one entry.
+  grid. As Quantus, the maps are compared after abs and normalisation, one explanation per
+  weighted layer (Quantus' default skip_layers=False); skip_layers=True explains only the fully
+  randomised model (the value is the same, the curves then have one entry: one explanation instead
+  of one per layer, for costly methods on deep 3D models).
 - `efficient_mprt` (Hedström et al. 2024; Quantus `EfficientMPRT`): the relative rise of the map's
   complexity (discrete entropy of a `n_bins` histogram of the normalised map) from the original
   to the fully randomised model: a map that explains the model becomes noise (positive, larger is
-  better). n_bins is fixed here (Quantus searches a bin count per batch).
+  better). n_bins is fixed here (Quantus searches a bin count per batch). As Quantus, the raw
+  signed map by default (abs and normalise False; normalising never changes an equal-width
+  histogram's entropy).
 """
 
 from __future__ import annotations
@@ -57,7 +61,7 @@ class MPRT(Metric):
     default = False  # one explanation per layer: asked for, not run by default
     parameters = (Param("layer_order", str, "top_down", "cascading from the output back, or one layer at a time",
                         choices=("top_down", "independent")), SEED,
-                  Param("skip_layers", bool, True, "explain only the fully randomised model (Quantus' default)"),
+                  Param("skip_layers", bool, False, "explain only the fully randomised model, not each layer's"),
                   Param("abs", bool, True, "compare |a| (after normalising)"),
                   Param("normalise", bool, True, "divide each map by its largest |value| first"))
 
@@ -88,8 +92,8 @@ class EfficientMPRT(Metric):
     needs = ("model", "method")
     default = False
     parameters = (SEED, Param("n_bins", int, 100, "histogram bins of the entropy", minimum=2),
-                  Param("abs", bool, True, "|a| (after normalising)"),
-                  Param("normalise", bool, True, "divide each map by its largest |value| first"))
+                  Param("abs", bool, False, "|a| (after normalising)"),
+                  Param("normalise", bool, False, "divide each map by its largest |value| first"))
 
     def score(self, ctx, a, mask, seed, n_bins, abs, normalise):
         (_, model), = randomised_models(ctx, "top_down", seed, only_last=True)

@@ -197,3 +197,42 @@ def test_the_blur_baseline_is_scipys_gaussian_filter():
     for sigma in (0.8, 1.5, 3.0):
         want = gaussian_filter(x.astype(np.float64), sigma=(0, 0, sigma, sigma, sigma), mode="mirror", truncate=3.0)
         np.testing.assert_allclose(gaussian_blur(x, sigma, (2, 3, 4)), want, atol=1e-6)
+
+
+def test_faithfulness_correlation_equals_direct_runs_for_each_map_baseline_and_target():
+    """Every method evaluated on a sample shares the scores of the random subsets (they do not depend
+    on the map): each value still equals a direct computation -- two maps, then another baseline,
+    then another target, then another sample."""
+    import onnxruntime as ort
+
+    import nxrt
+    from nxrt.evaluation import evaluate
+    from tests.test_metrics_quantus import conv_model
+
+    model = conv_model((10, 8))
+    ex = nxrt.Explainer(model, task="classification", layout="channels_first")
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(21)
+    xs = rng.standard_normal((2, 1, 3, 10, 8)).astype(np.float32)
+    maps = rng.standard_normal((2, 1, 3, 10, 8)).astype(np.float32)
+    params = {"nr_runs": 12, "subset_size": 20}
+
+    def direct(x, a, target, baseline):
+        draw = np.random.default_rng(0)
+        subsets = [draw.choice(a.size, 20, replace=False) for _ in range(12)]
+        base = {"black": np.full(x.size, x.min()), "zero": np.zeros(x.size)}[baseline]
+        m = (a / np.abs(a).max()).ravel()
+        drops = []
+        for s in subsets:
+            v = x.ravel().copy()
+            v[s] = base[s]
+            before, after = (sess.run(None, {"x": v})[0][0, target] for v in (x, v.reshape(x.shape)))
+            drops.append(before - after)
+        return np.corrcoef([m[s].sum() for s in subsets], drops)[0, 1]
+
+    for x, a, target, baseline in ((xs[0], maps[0], 1, "black"), (xs[0], maps[1], 1, "black"),
+                                   (xs[0], maps[1], 1, "zero"), (xs[0], maps[1], 0, "zero"),
+                                   (xs[1], maps[1], 0, "zero")):
+        got = evaluate(ex, x, a, target=target, metrics=["faithfulness_correlation"],
+                       faithfulness_correlation={**params, "perturb_baseline": baseline})
+        assert got["faithfulness_correlation"] == pytest.approx(direct(x, a, target, baseline), abs=1e-5)

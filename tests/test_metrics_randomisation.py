@@ -77,7 +77,8 @@ def test_skip_layers_explains_only_the_fully_randomised_model_and_eMPRT_rises(cn
     model, ex, x = cnn
     e = ex.explain(x, "vanilla", target=1)
     full = evaluate(ex, x, e, metrics=["mprt"], mprt={"skip_layers": False})
-    last = evaluate(ex, x, e, metrics=["mprt", "efficient_mprt"])
+    last = evaluate(ex, x, e, metrics=["mprt", "efficient_mprt"], mprt={"skip_layers": True})
+    assert len(evaluate(ex, x, e, metrics=["mprt"])["mprt_curve"]) == 4  # Quantus' default: every layer
     assert len(last["mprt_curve"]) == 1 and last["mprt"] == pytest.approx(full["mprt"], abs=1e-12)
     assert last["efficient_mprt_entropy_after"] > 0 and np.isfinite(last["efficient_mprt"])
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+import hashlib
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,6 +65,25 @@ class EvaluationContext:
                 s = np.exp(s - s.max(axis=1, keepdims=True))
                 s /= s.sum(axis=1, keepdims=True)
         return s[:, self.target].sum(axis=1)
+
+    def shared(self, key: tuple, compute: Callable[[], np.ndarray]) -> np.ndarray:
+        """compute(), remembered for this model, sample, region and target under `key`, a
+        description of what it depends on besides them (never of the evaluated map). Metrics whose
+        perturbed inputs do not depend on the map (faithfulness correlation's random subsets) give
+        the same scores for every method evaluated on a sample: they are computed once."""
+        full = (self.explainer.model.digest, self._sample_digest, _region_key(self.region), tuple(self.target), key)
+        if full in _SHARED:
+            _SHARED.move_to_end(full)
+            return _SHARED[full].copy()
+        value = np.asarray(compute())
+        _SHARED[full] = value.copy()
+        while len(_SHARED) > _SHARED_ENTRIES:
+            _SHARED.popitem(last=False)
+        return value
+
+    @functools.cached_property
+    def _sample_digest(self) -> str:
+        return _digest(self.x)
 
     @functools.cached_property
     def _output_activation(self) -> str | None:
@@ -163,6 +184,26 @@ def evaluate(explainer, x: np.ndarray, attribution, target=None, metrics: Sequen
     if n == 1:
         return rows[0]
     return {k: np.stack([np.asarray(r[k], dtype=np.float64) for r in rows]) for k in rows[0]}
+
+
+#: results of EvaluationContext.shared, least recently used first (small arrays: scores)
+_SHARED: OrderedDict[tuple, np.ndarray] = OrderedDict()
+_SHARED_ENTRIES = 64
+
+
+def _digest(a: np.ndarray) -> str:
+    a = np.ascontiguousarray(a)
+    return hashlib.blake2b(memoryview(a).cast("B"), digest_size=16).hexdigest() + str(a.shape) + str(a.dtype)
+
+
+def _region_key(region) -> tuple:
+    if region is None or isinstance(region, str):
+        return (region,)
+    if getattr(region, "mask", None) is not None:
+        return (region.kind, _digest(region.mask))
+    if hasattr(region, "kind"):
+        return (region.kind,)
+    return ("array", _digest(np.asarray(region)))
 
 
 def _chosen(metrics: Sequence[str] | None, have_mask: bool, have_method: bool) -> list[str]:
