@@ -68,13 +68,28 @@ def check_address(address: str | None) -> str | None:
 
 
 class CaseWorker:
-    """What runs inside one Ray actor: an Explainer built from the recipe, and a CaseJob writing
-    into the shared output folder. `run` takes one case end to end and returns its outcome line."""
+    """What runs inside one Ray actor (a threaded one: `explain` and `collect` may run at once): an
+    Explainer built from the recipe, writing into the shared output folder. As the local runner,
+    a case's last writes and commit (`finish`) run on a background thread while the next case is
+    explained, at most `overlap` cases behind.
 
-    def __init__(self, recipe, out: str, request: CaseRequest):
-        self.warnings: list[str] = []
-        request = replace(request, warn=self.warnings.append)
-        self.job = CaseJob(recipe.build(), Path(out), request)
+    `explain(label, source, retry)` loads and explains a case and returns a token, or the outcome
+    at once when the case ended there (failed, or nothing to do); `collect(token)` waits for that
+    case's commit and returns (outcome without its summary -- it is on disk --, warnings, whether
+    the disk is full). retry: the case was given to a worker that died; it is taken as --resume
+    would take it, so a case that worker had already committed is not refused as existing."""
+
+    def __init__(self, recipe, out: str, request: CaseRequest, overlap: int = 1):
+        import threading
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.explainer = recipe.build()
+        self.out = Path(out)
+        self.request = request
+        self.finisher = ThreadPoolExecutor(1, thread_name_prefix="nxrt-finish")
+        self.room = threading.BoundedSemaphore(overlap + 1)  # cases explained but not committed
+        self.pending: dict[int, tuple] = {}
+        self.tokens = 0
 
     def where(self) -> tuple[str, int]:
         """(host tag, pid) of this worker's process."""
@@ -82,17 +97,36 @@ class CaseWorker:
 
         return HOST, os.getpid()
 
-    def run(self, label: str, source) -> tuple[CaseOutcome, list[str], bool]:
-        """(outcome without its summary -- it is on disk --, warnings, whether the disk is full)."""
-        self.warnings.clear()
+    def explain(self, label: str, source, retry: bool = False):
+        self.room.acquire()
+        lines: list[str] = []
+        request = replace(self.request, warn=lines.append)
+        if retry and not request.overwrite:
+            request = replace(request, resume=True)
         t0 = time.perf_counter()
         try:
-            outcome = replace(self.job.start(source)(), summary=None)
+            finish = CaseJob(self.explainer, self.out, request).start(source)
         except NxrtError as exc:
-            full = isinstance(exc, OutputError) and exc.disk_full
-            return CaseOutcome(Path(str(label)).name, f"FAILED: {exc}", time.perf_counter() - t0), \
-                list(self.warnings), full
-        return outcome, list(self.warnings), False
+            self.room.release()
+            return self._failed(label, exc, t0, lines)
+        self.tokens += 1
+        self.pending[self.tokens] = (label, t0, lines, self.finisher.submit(finish))
+        return self.tokens
+
+    def collect(self, token: int) -> tuple[CaseOutcome, list[str], bool]:
+        label, t0, lines, future = self.pending.pop(token)
+        try:
+            outcome = future.result()
+        except NxrtError as exc:
+            return self._failed(label, exc, t0, lines)
+        finally:
+            self.room.release()
+        return replace(outcome, summary=None), lines, False
+
+    @staticmethod
+    def _failed(label, exc: NxrtError, t0: float, lines: list[str]) -> tuple[CaseOutcome, list[str], bool]:
+        full = isinstance(exc, OutputError) and exc.disk_full
+        return CaseOutcome(Path(str(label)).name, f"FAILED: {exc}", time.perf_counter() - t0), lines, full
 
 
 class RayRunner:
@@ -160,7 +194,8 @@ class _Dispatch:
         self.request = _portable(job.request)
         self.recipe = job.explainer.recipe(threads=runner.cpus)
         gpus = 1 if _wants_gpu(job.explainer.providers) else 0
-        self.actor_class = ray.remote(CaseWorker).options(num_cpus=runner.cpus, num_gpus=gpus, max_restarts=0)
+        self.actor_class = ray.remote(CaseWorker).options(num_cpus=runner.cpus, num_gpus=gpus, max_restarts=0,
+                                                          max_concurrency=2)
         self.outcomes: list[CaseOutcome | None] = [None] * len(items)
         self.places: dict[Any, tuple[str, int] | Any] = {}  # actor -> ObjectRef of its (host, pid)
         self.started = time.perf_counter()
@@ -175,13 +210,13 @@ class _Dispatch:
         count = self.runner.workers or max(1, total_cpus // self.runner.cpus)
         idle = [self._new_worker() for _ in range(min(count, len(self.items)))]
         pending = deque(range(len(self.items)))
-        running: dict[Any, tuple[int, Any]] = {}  # ObjectRef -> (case index, actor)
+        running: dict[Any, tuple[int, Any, str]] = {}
         try:
             with _signals_noted() as stopped:
                 self._loop(idle, pending, running, stopped)
         except Interrupted as stop:
             name = self._signal_name(stop.signum)
-            for index, _ in running.values():
+            for index, *_ in running.values():
                 self.outcomes[index] = CaseOutcome(Path(str(self.items[index][0])).name, f"stopped ({name})")
             for index in pending:
                 self.outcomes[index] = CaseOutcome(Path(str(self.items[index][0])).name, "not started")
@@ -193,7 +228,8 @@ class _Dispatch:
 
     def _loop(self, idle: list, pending: deque, running: dict, stopped: list[int]) -> None:
         """Hand out cases until each has an outcome; a noted signal raises Interrupted (checked
-        at least once a second: raising from the handler itself, inside Ray's C++ wait, is unsafe)."""
+        at least once a second: raising from the handler itself, inside Ray's C++ wait, is unsafe).
+        `running` maps each Ray call in flight to (case index, actor, "explain" | "collect")."""
         ray = self.ray
         deaths = [0] * len(self.items)
         full = False
@@ -203,33 +239,42 @@ class _Dispatch:
             while idle and pending and not full:
                 index = pending.popleft()
                 actor = idle.pop()
-                running[actor.run.remote(*self.items[index])] = (index, actor)
+                label, source = self.items[index]
+                running[actor.explain.remote(label, source, deaths[index] > 0)] = (index, actor, "explain")
             if not running:
                 break
             ready, _ = ray.wait(list(running), num_returns=1, timeout=1.0)
             for ref in ready:
-                index, actor = running.pop(ref)
+                index, actor, step = running.pop(ref)
                 name = Path(str(self.items[index][0])).name
                 try:
-                    outcome, warnings, disk_full = ray.get(ref)
+                    result = ray.get(ref)
                 except ray.exceptions.RayTaskError as exc:  # nxrt itself failed on the worker: said, not retried
-                    idle.append(actor)
+                    if step == "explain":
+                        idle.append(actor)
                     cause = getattr(exc, "cause", None) or exc
-                    outcome, warnings, disk_full = CaseOutcome(name, f"FAILED: {cause!r}"), [], False
+                    result = (CaseOutcome(name, f"FAILED: {cause!r}"), [], False)
                 except ray.exceptions.RayError as exc:  # the worker (or its node) died
-                    self._forget(actor)
-                    idle.append(self._new_worker())
+                    if self._forget(actor):
+                        idle[:] = [a for a in idle if a is not actor]
+                        idle.append(self._new_worker())
                     deaths[index] += 1
                     if deaths[index] <= self.runner.retries:
                         pending.appendleft(index)
                         continue
-                    outcome = CaseOutcome(name, f"FAILED: its worker died {deaths[index]} times "
-                                                f"({type(exc).__name__}); the case was not finished")
-                    warnings, disk_full = [], False
+                    result = (CaseOutcome(name, f"FAILED: its worker died {deaths[index]} times "
+                                                f"({type(exc).__name__}); the case was not finished"), [], False)
                 else:
-                    idle.append(actor)
+                    if step == "explain":
+                        idle.append(actor)  # it explains the next case while this one is committed
+                        if isinstance(result, int):
+                            running[actor.collect.remote(result)] = (index, actor, "collect")
+                            continue
+                outcome, warnings, disk_full = result
+                if deaths[index] and outcome.status.startswith("skipped") and not self.job.request.resume:
+                    outcome = replace(outcome, status="ok")  # the worker that died had committed it
                 full = full or disk_full
-                self._settle(index, outcome, warnings, len(running))
+                self._settle(index, outcome, warnings, sum(step == "explain" for *_, step in running.values()))
         while pending:  # only after a full disk
             index = pending.popleft()
             self.outcomes[index] = CaseOutcome(Path(str(self.items[index][0])).name,
@@ -257,10 +302,13 @@ class _Dispatch:
             self.progress(done, len(self.outcomes), outcome.name,
                           f"{status} ({done - failed} done, {failed} failed, {running} running)", left)
 
-    def _forget(self, actor) -> None:
-        self.places.pop(actor, None)
+    def _forget(self, actor) -> bool:
+        """Drop a dead worker (True the first time: its other calls in flight fail too)."""
+        if self.places.pop(actor, None) is None:
+            return False
         with contextlib.suppress(Exception):
             self.ray.kill(actor, no_restart=True)
+        return True
 
     def _end_workers(self) -> None:
         """End every worker, then remove what the ones on this machine left staged (a worker on

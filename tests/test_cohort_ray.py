@@ -168,17 +168,22 @@ def test_resume_after_an_interrupted_driver_runs_only_the_missing_cases(cluster,
     assert_same_as_local(out, root / "local")
 
 
-def test_ray_alone_starts_ray_on_this_machine(tmp_path, seg_onnx, cohort):
-    """`--ray` without an address: a Ray started by nxrt for the run, on loopback only (its own
-    namespace here), ended after it; the outputs equal the local run's."""
+def test_python_runner_without_an_address_starts_ray_on_this_machine(tmp_path, seg_onnx, cohort):
+    """`nxrt.cohort.run(..., runner=RayRunner())` (what `--ray` alone does): a Ray started by nxrt
+    for the run, on loopback only (its own namespace here), ended after it; nothing written into
+    the home folder; the outputs equal the local run's."""
     root, _ = cohort
     home_token = (Path.home() / ".ray" / "auth_token").exists()
     out = tmp_path / "embedded"
-    res = subprocess.run(["unshare", "-n", "--", sys.executable, str(KEEPER), "run",
-                          *explain(seg_onnx, *[root / c for c in CASES[:2]], *METHODS, "-o", out, "--ray")],
+    script = ("import sys\nfrom nxrt.cohort import run\nfrom nxrt.cohort_ray import RayRunner\n"
+              "report = run(sys.argv[1], sys.argv[3:], sys.argv[2], methods=['vanilla', 'ig'],\n"
+              "             params={'integrated_gradients': {'steps': 3000}}, runner=RayRunner())\n"
+              "print(*report.lines(), sep='\\n')\nsys.exit(report.exit_code)\n")
+    res = subprocess.run(["unshare", "-n", "--", sys.executable, str(KEEPER), "run", sys.executable, "-c", script,
+                          str(seg_onnx), str(out), *[str(root / c) for c in CASES[:2]]],
                          capture_output=True, text=True, timeout=600, cwd=ROOT,
                          env={k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")})
-    assert res.returncode == 0, res.stdout + res.stderr
+    assert res.returncode == 0 and "2 of 2 case(s) done" in res.stdout, res.stdout + res.stderr
     assert not (Path.home() / ".ray" / "auth_token").exists() or home_token  # nothing written into the home
     for name in CASES[:2]:
         got, want = contents(out / name), contents(root / "local" / name)
