@@ -192,7 +192,8 @@ class _Dispatch:
         self.out = Path(job.out).resolve()
         self.items = [(label, _absolute(source)) for label, source in items]
         self.request = _portable(job.request)
-        self.recipe = job.explainer.recipe(threads=runner.cpus)
+        # the providers the driver resolved ('auto' decided once, and GPUs asked of Ray to match)
+        self.recipe = job.explainer.recipe(threads=runner.cpus, providers=job.explainer.providers)
         gpus = 1 if _wants_gpu(job.explainer.providers) else 0
         self.actor_class = ray.remote(CaseWorker).options(num_cpus=runner.cpus, num_gpus=gpus, max_restarts=0,
                                                           max_concurrency=2)
@@ -214,6 +215,15 @@ class _Dispatch:
         try:
             with _signals_noted() as stopped:
                 self._loop(idle, pending, running, stopped)
+        except _WorkersCannotStart as exc:
+            self._end_workers()
+            if not self.isolate:
+                raise InputError(f"a Ray worker could not start: {exc}") from None
+            for index, outcome in enumerate(self.outcomes):
+                if outcome is None:
+                    self.outcomes[index] = CaseOutcome(Path(str(self.items[index][0])).name,
+                                                       f"not started (a Ray worker could not start: {exc})")
+            return list(self.outcomes)
         except Interrupted as stop:
             name = self._signal_name(stop.signum)
             for index, *_ in running.values():
@@ -255,6 +265,8 @@ class _Dispatch:
                     cause = getattr(exc, "cause", None) or exc
                     result = (CaseOutcome(name, f"FAILED: {cause!r}"), [], False)
                 except ray.exceptions.RayError as exc:  # the worker (or its node) died
+                    if getattr(exc, "actor_init_failed", False):  # or never started: nor will the others
+                        raise _WorkersCannotStart(_last_line(str(exc))) from None
                     if self._forget(actor):
                         idle[:] = [a for a in idle if a is not actor]
                         idle.append(self._new_worker())
@@ -387,6 +399,20 @@ def _stderr_aside():
             sys.stderr.flush()
             os.dup2(saved, 2)
             os.close(saved)
+
+
+class _WorkersCannotStart(Exception):
+    """A worker failed while it was being built (its Explainer: e.g. the model is not at its path
+    on that node): the cohort stops, its remaining cases `not started` with the reason."""
+
+
+def _last_line(text: str) -> str:
+    """The reason at the end of a Ray error's text (the last line of the worker's traceback),
+    without the exception's module path."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    last = lines[-1] if lines else text
+    head, sep, rest = last.partition(": ")
+    return rest if sep and "." in head and " " not in head else last
 
 
 def _absolute(source):

@@ -206,3 +206,24 @@ def test_ray_misuse_is_one_line(tmp_path, seg_onnx, cohort):
                           str(tmp_path / "o")], capture_output=True, text=True)
     assert res.returncode == 2 and "pip install 'nxrt[ray]'" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1 and not (tmp_path / "o" / CASES[0]).exists()
+
+
+def test_a_model_the_workers_cannot_read_stops_the_cohort_in_one_line(tmp_path, seg_onnx, cohort):
+    """The driver read the model, but the workers cannot (here: the file is replaced by something
+    else after the driver loaded it): every case `not started`, with the workers' reason."""
+    root, _ = cohort
+    script = ("import shutil, sys\nfrom nxrt import Explainer\nfrom nxrt.cohort import run\n"
+              "from nxrt.cohort_ray import RayRunner\n"
+              "shutil.copy(sys.argv[1], sys.argv[2])\nex = Explainer(sys.argv[2])\n"
+              "open(sys.argv[2], 'wb').write(b'not a model')\n"
+              "report = run(ex, sys.argv[4:], sys.argv[3], methods=['vanilla'], runner=RayRunner())\n"
+              "print(*report.lines(), sep='\\n')\nsys.exit(report.exit_code)\n")
+    res = subprocess.run(["unshare", "-n", "--", sys.executable, str(KEEPER), "run", sys.executable, "-c", script,
+                          str(seg_onnx), str(tmp_path / "moved.onnx"), str(tmp_path / "out"),
+                          *[str(root / c) for c in CASES[:3]]],
+                         capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert res.returncode == 3, res.stdout + res.stderr
+    rows = res.stdout.splitlines()[:3]
+    assert all("not started (a Ray worker could not start: " in row and "moved.onnx" in row for row in rows), rows
+    assert "Traceback" not in res.stdout + res.stderr
+    assert not (tmp_path / "out").exists() or not [p for p in (tmp_path / "out").iterdir()]
