@@ -185,7 +185,7 @@ def _import_nibabel() -> None:
 @click.option("--interpolation", type=click.Choice(["linear", "nearest"]), default=None)
 @click.option("--task", type=click.Choice(["classification", "segmentation"]), default=None)
 @click.option("--layout", type=click.Choice(LAYOUTS), default=None)
-@click.option("--provider", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--provider", type=click.Choice(["auto", "cpu", "cuda", "openvino"]), default="auto", show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Samples per session run (default: from the model's activation sizes and --max-memory).")
 @click.option("--max-memory", default=None, metavar="SIZE",

@@ -34,10 +34,18 @@ def resolve_providers(providers: str | Sequence[str] | None) -> list[str]:
     """
     import onnxruntime as ort
 
+    from .backend_openvino import OPENVINO
+    from .backend_openvino import require as require_openvino
+
     if providers is None or providers == "auto":
         return ["CUDAExecutionProvider", "CPUExecutionProvider"] if cuda_usable() else ["CPUExecutionProvider"]
     if isinstance(providers, str):
         providers = [providers]
+    if any(str(p).lower() == OPENVINO.lower() for p in providers):
+        if len(providers) > 1:
+            raise InputError("provider 'openvino' runs alone; give it without onnxruntime providers")
+        require_openvino()
+        return [OPENVINO]
     out = []
     for p in providers:
         name = PROVIDERS.get(p.lower(), p)
@@ -241,7 +249,11 @@ def make_session(model: onnx.ModelProto | str | os.PathLike, providers=None, thr
     not for a path, which is not parsed here just for that)."""
     import onnxruntime as ort
 
+    from .backend_openvino import OPENVINO, OpenVINOSession
+
     names = resolve_providers(providers)
+    if names == [OPENVINO]:
+        return OpenVINOSession(model, threads)
     so = session_options(threads)
     cuda = names[0] == "CUDAExecutionProvider"
     prov = list(names)

@@ -105,12 +105,18 @@ def torch_input_grad(module, x: np.ndarray, target: int, task: str, dtype) -> np
     return xt.grad.detach().numpy().astype(np.float64)
 
 
+#: the backends every parity test runs nxrt's graph on (OpenVINO joins once it meets the same
+#: criterion on every network: issue 15, README "Backends")
+BACKENDS = ("cpu",)
+
+
 def nxrt_grads(path_or_model, x: np.ndarray, target: int, task: str, layout: str = "channels_first",
-               layers=(), guided: bool = False, wrt=("input",)) -> dict[str, np.ndarray]:
-    """Run nxrt's augmented graph with a one-hot seed; returns {output name: array}."""
+               layers=(), guided: bool = False, wrt=("input",), provider: str = "cpu") -> dict[str, np.ndarray]:
+    """Run nxrt's augmented graph with a one-hot seed on `provider` (onnxruntime's CPU provider,
+    or OpenVINO); returns {output name: array}."""
     aug = nxrt.augment(path_or_model, wrt=wrt, layers=layers, guided=guided,
                        score=ScoreSpec(task=task, layout=layout))
-    sess = make_session(aug, "cpu")
+    sess = make_session(aug, provider)
     names = [o.name for o in sess.get_outputs()]
     seed_shape = [x.shape[0], sess.get_outputs()[names.index("nxrt_scores")].shape[1]]
     seed = np.zeros(seed_shape, np.float32)

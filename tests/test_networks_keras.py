@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from tests.keras_refs import float64_twin, randomise_batchnorm, tape_grad
-from tests.nets import nxrt_grads
+from tests.nets import BACKENDS, nxrt_grads
 from tests.oracles import rel_err
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -80,18 +80,20 @@ def test_keras_parity(name, tmp_path):
     twin = build if name == "resnet50_head" else lambda: unet3d(pool=lambda: keras.layers.Lambda(max_pool_2x))
     model64 = float64_twin(twin, model)
     path = convert(model, tmp_path / "model.onnx", shape)
-    errs, errs32 = [], []
+    errs, errs32 = {b: [] for b in BACKENDS}, []
     for _ in range(3):  # median of three draws: see test_networks_torch.check_parity (ReLU kinks)
         x = rng.standard_normal((2, *shape)).astype(np.float32)
-        got = nxrt_grads(path, x, target, task, layout="channels_last")["input_grad"]
-        assert got.shape == x.shape
         ref32 = tape_grad(model, x, target, task, tf.float32)
         ref64 = tape_grad(model64, x, target, task, tf.float64)
-        errs.append(rel_err(got, ref64))
         errs32.append(rel_err(ref32, ref64))
+        for backend in BACKENDS:
+            got = nxrt_grads(path, x, target, task, layout="channels_last", provider=backend)["input_grad"]
+            assert got.shape == x.shape
+            errs[backend].append(rel_err(got, ref64))
     bound = max(1e-4, 2 * float(np.median(errs32)))
     print(f"{name}: nxrt {errs} tape32 {errs32} bound {bound:.2e}")
-    assert float(np.median(errs)) <= bound
+    for backend, e in errs.items():
+        assert float(np.median(e)) <= bound, (backend, errs, errs32)
 
 
 def test_channels_last_layout_is_inferred(tmp_path):

@@ -67,11 +67,12 @@ class EvaluationContext:
         return s[:, self.target].sum(axis=1)
 
     def shared(self, key: tuple, compute: Callable[[], np.ndarray]) -> np.ndarray:
-        """compute(), remembered for this model, sample, region and target under `key`, a
+        """compute(), remembered for this model and score, sample, region and target under `key`, a
         description of what it depends on besides them (never of the evaluated map). Metrics whose
         perturbed inputs do not depend on the map (faithfulness correlation's random subsets) give
         the same scores for every method evaluated on a sample: they are computed once."""
-        full = (self.explainer.model.digest, self._sample_digest, _region_key(self.region), tuple(self.target), key)
+        full = (self.explainer.model.digest, self.explainer.spec.key(), self._sample_digest, _region_key(self.region),
+                tuple(self.target), key)
         if full in _SHARED:
             _SHARED.move_to_end(full)
             return _SHARED[full].copy()
