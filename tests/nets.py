@@ -105,9 +105,8 @@ def torch_input_grad(module, x: np.ndarray, target: int, task: str, dtype) -> np
     return xt.grad.detach().numpy().astype(np.float64)
 
 
-#: the backends every parity test runs nxrt's graph on (OpenVINO joins once it meets the same
-#: criterion on every network: issue 15, README "Backends")
-BACKENDS = ("cpu",)
+#: the backends every parity test runs nxrt's graph on, with the same criterion
+BACKENDS = ("cpu", "openvino")
 
 
 def nxrt_grads(path_or_model, x: np.ndarray, target: int, task: str, layout: str = "channels_first",
