@@ -37,6 +37,8 @@ NXRT_NAMES = {"gbp": "guided_backprop", "gxi": "gradient_x_input", "ig": "integr
               "sg": "smoothgrad", "ggcam": "guided_gradcam"}
 ALL_METHODS = "forward,vanilla,gbp,gxi,ig,sg,gradcam,ggcam,occlusion"
 CLASS = 1  # the ResNet50's explained class
+TOOLS = ("captum", "nxrt", "openvino")
+TOOL_LABELS = {"captum": "Captum / torch", "nxrt": "nxrt / onnxruntime", "openvino": "nxrt / OpenVINO"}
 
 
 def build_resnet50():
@@ -134,9 +136,20 @@ def run_captum(method: str, x, model_path: Path, args) -> float:
     return time.perf_counter() - t0
 
 
-def run_nxrt(method: str, x, model_path: Path, args) -> float:
+def run_nxrt(method: str, x, model_path: Path, args, provider: str = "cpu") -> float:
     import nxrt
 
+    if method == "forward" and provider == "openvino":  # OpenVINO's own forward of the original model
+        import openvino as ov
+
+        from nxrt.backend_openvino import compile_config
+
+        compiled = ov.Core().compile_model(str(model_path), "CPU", compile_config(args.threads))
+        request = compiled.create_infer_request()
+        request.infer({"input": x})
+        t0 = time.perf_counter()
+        request.infer({"input": x})
+        return time.perf_counter() - t0
     if method == "forward":  # onnxruntime's own forward pass of the original model
         from nxrt.engine import make_session
 
@@ -147,7 +160,7 @@ def run_nxrt(method: str, x, model_path: Path, args) -> float:
         return time.perf_counter() - t0
     task = "classification" if args.net == "resnet50" else "segmentation"
     target = CLASS if args.net == "resnet50" else TARGET
-    ex = nxrt.Explainer(model_path, task=task, batch_size=args.batch, threads=args.threads)
+    ex = nxrt.Explainer(model_path, task=task, batch_size=args.batch, threads=args.threads, providers=provider)
     patch, stride = occlusion_window(args)
     params = {"ig": {"steps": args.steps}, "sg": {"samples": args.samples},
               "occlusion": {"patch": patch, "stride": stride}}.get(method, {})
@@ -165,8 +178,10 @@ def worker(args) -> dict:
     import numpy as np
 
     x = np.random.default_rng(0).standard_normal(input_shape(args)).astype(np.float32)
-    fn = run_captum if args.worker == "captum" else run_nxrt
-    seconds = fn(args.method, x, args.onnx, args)
+    if args.worker == "captum":
+        seconds = run_captum(args.method, x, args.onnx, args)
+    else:
+        seconds = run_nxrt(args.method, x, args.onnx, args, "openvino" if args.worker == "openvino" else "cpu")
     return {"seconds": seconds, "peak_rss_mb": peak_rss_mb()}
 
 
@@ -180,6 +195,7 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=16)
     ap.add_argument("--batch", type=int, default=4, help="internal batch size of both tools")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--tools", default=",".join(TOOLS), help="captum, nxrt (onnxruntime), openvino (nxrt on it)")
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--update", action="store_true",
                     help="replace only the rows of the methods run in the existing BENCHMARKS.md table")
@@ -191,13 +207,14 @@ def main() -> None:
         print(json.dumps(worker(args)))
         return
     methods = args.methods.split(",")
-    results = {(m, t): [] for m in methods for t in ("captum", "nxrt")}
+    tools = args.tools.split(",")
+    results = {(m, t): [] for m in methods for t in tools}
     with tempfile.TemporaryDirectory() as tmp:
         model = Path(tmp) / f"{args.net}.onnx"
         export(model, args)
         for r in range(args.rounds):
             for m in methods:
-                for tool in ("captum", "nxrt"):
+                for tool in tools:
                     cmd = [sys.executable, __file__, "--worker", tool, "--method", m, "--onnx", str(model)]
                     cmd += ["--model", args.net]
                     for k in ("size", "steps", "samples", "batch", "threads"):
@@ -254,6 +271,7 @@ def report(args, methods, results) -> str:
     import onnxruntime
     import torch
 
+    tools = list(dict.fromkeys(t for _, t in results))
     med = {k: float(np.median([r["seconds"] for r in v])) for k, v in results.items()}
     rss = {k: max(r["peak_rss_mb"] for r in v) for k, v in results.items()}
     patch, stride = occlusion_window(args)
@@ -265,24 +283,34 @@ def report(args, methods, results) -> str:
         f"(Gauss-Legendre for nxrt, Captum's default), SmoothGrad {args.samples} samples, Grad-CAM at the last "
         f"Conv, occlusion with {patch}-voxel patches at stride {stride}; median of {args.rounds} alternating "
         "round(s), each run in its own process after a warm-up. "
-        f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}.",
+        f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}" + (
+            f", OpenVINO {_openvino_version()}." if "openvino" in tools else "."),
         "",
-        "| method | Captum / torch (s) | nxrt / onnxruntime (s) | nxrt / Captum | Captum peak RSS (MB) | "
-        "nxrt peak RSS (MB) |",
-        "|---|---|---|---|---|---|",
+        "| method | " + " | ".join(f"{TOOL_LABELS[t]} (s)" for t in tools) + " | "
+        + " | ".join(f"{TOOL_LABELS[t]} / Captum" for t in tools if t != "captum") + " | "
+        + " | ".join(f"{TOOL_LABELS[t].split(' / ')[-1]} peak RSS (MB)" for t in tools) + " |",
+        "|---|" + "---|" * (3 * len(tools) - 1),
     ]
     for m in methods:
-        c, n = med[(m, "captum")], med[(m, "nxrt")]
-        lines.append(f"| {LABELS[m]} | {c:.2f} | {n:.2f} | **{n / c:.2f}x** | {rss[(m, 'captum')]:.0f} | "
-                     f"{rss[(m, 'nxrt')]:.0f} |")
+        c = med[(m, "captum")]
+        lines.append(f"| {LABELS[m]} | " + " | ".join(f"{med[(m, t)]:.2f}" for t in tools) + " | "
+                     + " | ".join(f"**{med[(m, t)] / c:.2f}x**" for t in tools if t != "captum") + " | "
+                     + " | ".join(f"{rss[(m, t)]:.0f}" for t in tools) + " |")
     if "forward" in methods and "vanilla" in methods:
-        lines += ["", f"nxrt's vanilla gradient costs **{med[('vanilla', 'nxrt')] / med[('forward', 'nxrt')]:.2f}x** "
-                      f"onnxruntime's forward pass of the same model (torch: "
+        floors = [f"on {TOOL_LABELS[t].split(' / ')[-1]} **{med[('vanilla', t)] / med[('forward', t)]:.2f}x** "
+                  f"its forward pass" for t in tools if t != "captum"]
+        lines += ["", f"nxrt's vanilla gradient costs {', '.join(floors)} (torch: "
                       f"{med[('vanilla', 'captum')] / med[('forward', 'captum')]:.2f}x its forward)."]
     size = "" if args.net == "resnet50" else f" --size {args.size}"
     lines += ["", f"Reproduce: `.venv/bin/python benchmarks/bench_methods.py --model {args.net}{size} --methods "
-                  f"{','.join(methods)} --rounds {args.rounds} --batch {args.batch}`."]
+                  f"{','.join(methods)} --rounds {args.rounds} --batch {args.batch} --tools {','.join(tools)}`."]
     return "\n".join(lines)
+
+
+def _openvino_version() -> str:
+    import openvino
+
+    return openvino.__version__.split("-")[0]
 
 
 if __name__ == "__main__":

@@ -79,3 +79,24 @@ def test_provider_errors_are_one_line(seg_onnx, tmp_path):
 
     with pytest.raises(InputError, match="runs alone"):
         nxrt.Explainer(seg_onnx, providers=["openvino", "cpu"])
+
+
+def test_the_metrics_equal_onnxruntime(grader):
+    from nxrt.evaluation import evaluate
+
+    cpu, ov, x = grader
+    x = x[:1]
+    mask = np.zeros(cpu.model.input_shape[2:], bool)
+    mask[tuple(slice(n // 4, n // 2) for n in mask.shape)] = True
+    metrics = ["relevance_mass", "deletion", "insertion", "region_perturbation", "faithfulness_correlation",
+               "completeness", "max_sensitivity", "mprt"]
+    params = {"deletion": {"steps": 5}, "insertion": {"steps": 5}, "region_perturbation": {"regions_evaluation": 5},
+              "faithfulness_correlation": {"nr_runs": 10, "subset_size": 500}, "max_sensitivity": {"nr_samples": 4},
+              "mprt": {"skip_layers": True}}
+    want = evaluate(cpu, x, cpu.explain(x, "gradient_x_input", target=1), target=1, metrics=metrics, mask=mask,
+                    **params)
+    got = evaluate(ov, x, ov.explain(x, "gradient_x_input", target=1), target=1, metrics=metrics, mask=mask,
+                   **params)
+    assert set(got) == set(want)
+    for key, value in want.items():
+        np.testing.assert_allclose(got[key], value, rtol=1e-4, atol=1e-6, err_msg=key)
