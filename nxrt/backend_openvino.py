@@ -13,6 +13,7 @@ subnormal floats flushed as onnxruntime's sessions flush them.
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 from dataclasses import dataclass
@@ -21,12 +22,14 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from .engine import flush_subnormals
 from .errors import InputError, ModelError
 
 #: the provider name nxrt uses for this backend (not an onnxruntime execution provider)
 OPENVINO = "OpenVINO"
 
 
+@functools.cache
 def available() -> bool:
     """Whether the openvino package is installed and its CPU plugin loads here."""
     try:
@@ -205,7 +208,8 @@ class OpenVINOSession:
         feeds = {k: np.ascontiguousarray(v) for k, v in feeds.items()}
         key = tuple(sorted((k, v.shape) for k, v in feeds.items()))  # (in practice: one per batch size)
         compiled = self._compiled.get(key) or self._compile(key, feeds)
-        result = compiled.create_infer_request().infer(feeds)
+        with flush_subnormals():  # (this thread's floating-point mode is restored after the run)
+            result = compiled.create_infer_request().infer(feeds)
         names = output_names or [o.name for o in self._outputs]
         return [np.array(result[compiled.output(n)], copy=True) for n in names]
 
@@ -216,7 +220,10 @@ class OpenVINOSession:
         model.reshape({port: ov.PartialShape(list(feeds[port.get_any_name()].shape)) for port in model.inputs
                        if port.get_any_name() in feeds})
         try:
-            compiled = self._core.compile_model(model, "CPU", self._config)
+            # CPU_DENORMALS_OPTIMIZATION switches flush-to-zero on in the compiling thread for good,
+            # which would silently change the caller's numpy results: the thread's mode is restored
+            with flush_subnormals(enable=False):
+                compiled = self._core.compile_model(model, "CPU", self._config)
         except Exception as exc:
             raise ModelError(f"OpenVINO cannot compile the model: {str(exc).strip().splitlines()[0]}") from exc
         self._compiled[key] = compiled
