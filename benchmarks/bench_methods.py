@@ -100,7 +100,8 @@ def run_captum(method: str, x, model_path: Path, args) -> float:
     else:
         net = build_dynunet()
         net.load_state_dict(torch.load(model_path.with_suffix(".pt")))
-        model, target, layer = pooled(net), TARGET, net.output_block.conv.conv
+        # the layer nxrt takes by default (the deepest Conv with more channels than the output)
+        model, target, layer = pooled(net), TARGET, net.upsamples[-1].conv_block.conv2.conv
     xt = torch.tensor(x)
     ca.Saliency(model).attribute(xt, target=target, abs=False)  # warm-up
     patch, stride = occlusion_window(args)
@@ -280,8 +281,9 @@ def report(args, methods, results) -> str:
             f"MONAI DynUNet (16-32-64-128, instance norm), 1x4x{args.size}^3, score = spatial mean of channel {TARGET}")
     lines = [
         f"{what}; {args.threads} threads each; internal batch size {args.batch} for both; IG {args.steps} steps "
-        f"(Gauss-Legendre for nxrt, Captum's default), SmoothGrad {args.samples} samples, Grad-CAM at the last "
-        f"Conv, occlusion with {patch}-voxel patches at stride {stride}; median of {args.rounds} alternating "
+        f"(Gauss-Legendre for nxrt, Captum's default), SmoothGrad {args.samples} samples, Grad-CAM at the same layer "
+        "for both (nxrt's default: the deepest Conv with more channels than the output), "
+        f"occlusion with {patch}-voxel patches at stride {stride}; median of {args.rounds} alternating "
         "round(s), each run in its own process after a warm-up. "
         f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}" + (
             f", OpenVINO {_openvino_version()}." if "openvino" in tools else "."),

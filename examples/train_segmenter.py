@@ -143,6 +143,7 @@ def main() -> None:
     model = load_model(args.out)
     card = ModelCard.from_model(model)
     card.set("label_values", ",".join(map(str, LABEL_VALUES)))
+    card.set("activation", "softmax")  # said, not left for nxrt to infer (and announce) from the graph
     save_model(card.write(model), args.out)
     print(f"wrote {args.out}: held-out Dice {np.mean(dice):.3f}, export rel. error {info['rel_error']:.1e}, "
           f"{time.perf_counter() - t0:.0f} s in all")

@@ -13,6 +13,7 @@ subnormal floats flushed as onnxruntime's sessions flush them.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import tempfile
@@ -54,6 +55,49 @@ def require() -> None:
                          "use --provider cpu")
 
 
+class _WorkingMemory:
+    """Which compiled models keep their working memory. OpenVINO holds a compiled model's
+    intermediate buffers from its first run until `release_memory`; here only the compiled models
+    running now keep them: when a run starts, every other one -- another batch size, the
+    forward-only graph beside a gradient graph -- gives its buffers back, and allocates them again
+    at its own next run. Without this, IG at 96^3 held the batch-1 gradient graph's buffers (from
+    the vanilla warm-up) beside the batch-4 ones, and peak RSS rose above onnxruntime's and
+    Captum's (README "Backends"). Sessions are held weakly: a dropped session is not kept alive."""
+
+    def __init__(self):
+        import threading
+
+        self._lock = threading.Lock()
+        self._running: dict[tuple, int] = {}  # (id(session), shape key) -> runs in flight
+        self._holding: dict[tuple, tuple] = {}  # (id(session), shape key) -> (weakref(session), shape key)
+
+    @contextlib.contextmanager
+    def using(self, session, key):
+        import weakref
+
+        mine = (id(session), key)
+        with self._lock:
+            self._running[mine] = self._running.get(mine, 0) + 1
+            for other, (ref, other_key) in list(self._holding.items()):
+                if other != mine and not self._running.get(other):
+                    owner = ref()
+                    compiled = owner._compiled.get(other_key) if owner is not None else None
+                    if compiled is not None:
+                        compiled.release_memory()
+                    del self._holding[other]
+            self._holding[mine] = (weakref.ref(session), key)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._running[mine] -= 1
+                if not self._running[mine]:
+                    del self._running[mine]
+
+
+_WORKING_MEMORY = _WorkingMemory()
+
+
 @dataclass(frozen=True)
 class _Port:
     """What nxrt reads of an input or output (the `.name` of onnxruntime's NodeArg)."""
@@ -67,9 +111,45 @@ class _Port:
 CHANNELS_PER_SUM = 8
 
 
-def split_accumulations(model: onnx.ModelProto, chunk: int) -> onnx.ModelProto:
+#: ops whose output jumps when their input crosses a threshold: in the backward part of a graph
+#: (guided backprop's ReLU of the gradient) its own rounding can move a mask too
+DISCONTINUOUS = {"Relu", "LeakyRelu", "PRelu", "Greater", "Less", "GreaterOrEqual", "LessOrEqual", "Equal", "Sign",
+                 "Clip", "Abs", "Max", "Min", "Floor", "Ceil", "Round", "ArgMax", "ArgMin", "TopK", "MaxPool"}
+
+
+def read_by_backward(model: onnx.ModelProto) -> set[str] | None:
+    """The nodes (by their first output) whose values the backward part of an nxrt graph reads: every node upstream of a
+    forward tensor that a node downstream of the score seed (`nxrt_seed`) takes as input. Only
+    these can move a gradient's masks (a ReLU's, a max-pool's), where rounding turns into a
+    discontinuous error; the rest of the forward is continuous in its rounding. Shape / Size read
+    no values and stop the walk. A graph without a seed (a forward-only session) has none; one whose
+    backward has a discontinuous op of its own (guided backprop) gets None: every node."""
+    from .passes import SEED
+
+    nodes = list(model.graph.node)
+    backward, tainted = set(), {SEED}
+    for k, node in enumerate(nodes):  # (topological order: producers come first)
+        if tainted.intersection(node.input):
+            backward.add(k)
+            tainted.update(node.output)
+    if any(nodes[k].op_type in DISCONTINUOUS for k in backward):
+        return None
+    producer = {out: node for k, node in enumerate(nodes) if k not in backward for out in node.output}
+    todo = [t for k, node in enumerate(nodes) if k in backward for t in node.input if t in producer]
+    upstream: set[str] = set()
+    while todo:
+        node = producer.get(todo.pop())
+        if node is None or node.output[0] in upstream or node.op_type in ("Shape", "Size"):
+            continue
+        upstream.add(node.output[0])
+        todo.extend(t for t in node.input if t in producer)
+    return upstream
+
+
+def split_accumulations(model: onnx.ModelProto, chunk: int, only: set[str] | None = None) -> onnx.ModelProto:
     """The model with every Conv / ConvTranspose over more than `chunk` input channels (group 1,
-    constant weights) computed as convolutions over `chunk` channels each, whose results are added.
+    constant weights) computed as convolutions over `chunk` channels each, whose results are added
+    (`only`: just the nodes whose first output is named there).
 
     Why: OpenVINO's CPU convolutions add up the products of all input channels in one running float32
     sum; over 32-64 channels that is 2.5-3.5x the rounding error of onnxruntime's or torch's (relative
@@ -86,7 +166,7 @@ def split_accumulations(model: onnx.ModelProto, chunk: int) -> onnx.ModelProto:
         w = weights.get(node.input[1]) if node.op_type in ("Conv", "ConvTranspose") and len(node.input) > 1 else None
         # Conv weights are [M, C, k...] (input channels on axis 1); ConvTranspose's [C, M, k...] (axis 0)
         axis = 1 if node.op_type == "Conv" else 0
-        if w is None or group != 1 or w.dims[axis] <= chunk:
+        if w is None or group != 1 or w.dims[axis] <= chunk or (only is not None and node.output[0] not in only):
             nodes.append(node)
             continue
         array = numpy_helper.to_array(w)
@@ -185,7 +265,10 @@ class OpenVINOSession:
         from .graph import load_model, save_model
 
         self._core = ov.Core()
-        proto = explicit_instance_norms(split_accumulations(load_model(model), CHANNELS_PER_SUM))
+        proto = load_model(model)
+        # the exact (split) sums only where a gradient's masks read the values: 8-channel convolutions
+        # run 1.6x slower than OpenVINO's own (a forward of DynUNet 96^3: 0.50 s vs 0.31 s)
+        proto = explicit_instance_norms(split_accumulations(proto, CHANNELS_PER_SUM, read_by_backward(proto)))
         try:
             with tempfile.TemporaryDirectory() as tmp:  # (OpenVINO reads ONNX from a file: any size)
                 path = save_model(proto, Path(tmp) / "model.onnx", external=None)
@@ -208,10 +291,10 @@ class OpenVINOSession:
         feeds = {k: np.ascontiguousarray(v) for k, v in feeds.items()}
         key = tuple(sorted((k, v.shape) for k, v in feeds.items()))  # (in practice: one per batch size)
         compiled = self._compiled.get(key) or self._compile(key, feeds)
-        with flush_subnormals():  # (this thread's floating-point mode is restored after the run)
+        with _WORKING_MEMORY.using(self, key), flush_subnormals():  # (the thread's FP mode is restored after)
             result = compiled.create_infer_request().infer(feeds)
-        names = output_names or [o.name for o in self._outputs]
-        return [np.array(result[compiled.output(n)], copy=True) for n in names]
+            names = output_names or [o.name for o in self._outputs]
+            return [np.array(result[compiled.output(n)], copy=True) for n in names]
 
     def _compile(self, key: tuple, feeds: dict):
         import openvino as ov

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field, fields
 
 import onnx
 
-from .errors import ModelError
+from .errors import InputError, ModelError
 
 TASKS = ("classification", "segmentation")
 LAYOUTS = ("channels_first", "channels_last")
@@ -69,6 +69,27 @@ class ModelCard:
             self.spatial_shape = dims
         else:
             self.extra[key] = value
+
+    def target_indices(self, values) -> list[int]:
+        """Output classes / channels given by index or by the card's label name (`-t HGG` = `-t 1`
+        when labels=LGG,HGG; names match case-insensitively). An unknown name is one InputError
+        line listing the names there are."""
+        labels = self.labels or []
+        by_name = {name.lower(): k for k, name in enumerate(labels)}
+        found = []
+        for value in values:
+            text = str(value).strip()
+            if text.lstrip("-").isdigit():
+                found.append(int(text))
+            elif text.lower() in by_name:
+                found.append(by_name[text.lower()])
+            elif labels:
+                names = ", ".join(f"{name} ({k})" for k, name in enumerate(labels))
+                raise InputError(f"target '{text}': the model card has no label of that name; its labels: {names}")
+            else:
+                raise InputError(f"target '{text}': the model card names no labels; give an index (-t 0, -t 1, ...) "
+                                 "or name them with `nxrt card MODEL --set labels=NAME,NAME,...`")
+        return found
 
     def to_props(self) -> dict[str, str]:
         out = {}

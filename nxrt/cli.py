@@ -19,6 +19,51 @@ EXIT_USER_ERROR = 2
 LAYOUTS = Layout.names()
 
 
+class LazyHelpOption(click.Option):
+    """An option whose help text is written when help is shown: the method names, aliases and
+    defaults come from the registry (its entry points are read then, not at every start)."""
+
+    def __init__(self, *args, help_text, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.help_text = help_text
+
+    def get_help_record(self, ctx):
+        self.help = self.help_text()
+        return super().get_help_record(ctx)
+
+
+def _methods_help() -> str:
+    from .registry import method_classes
+
+    classes = method_classes()
+    names = [f"{n} ({', '.join(c.aliases)})" if c.aliases else n for n, c in sorted(classes.items())]
+    return ("Method (repeatable); default: vanilla and gradcam. One of: " + "; ".join(names)
+            + ". `nxrt methods` gives each one's parameters.")
+
+
+def _param_help(what: str, param: str, extra: str = "") -> callable:
+    """Help for a shortcut option: what it sets and, per method that has the parameter, its default
+    (and choices)."""
+
+    def text() -> str:
+        from .registry import method_classes
+
+        defaults, choices = [], ()
+        for name, cls in sorted(method_classes().items()):
+            for p in cls.parameters:
+                if p.name == param:
+                    defaults.append(f"{name} {p.default}")
+                    choices = choices or tuple(p.choices)
+        values = {d.rsplit(" ", 1)[1] for d in defaults}
+        said = values.pop() if len(values) == 1 and len(defaults) > 1 else ", ".join(defaults)
+        line = f"{what} (= -p METHOD.{param}=...; default: {said})"
+        if choices:
+            line += f"; one of: {', '.join(map(str, choices))}"
+        return line + extra
+
+    return text
+
+
 class NxrtGroup(click.Group):
     """A click group that turns nxrt errors (and unreadable paths) into one line and exit code 2."""
 
@@ -166,26 +211,38 @@ def _import_nibabel() -> None:
 @main.command()
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("cases", nargs=-1)
-@click.option("-m", "--method", "methods", multiple=True, help="Method (repeatable); default: vanilla and gradcam.")
-@click.option("-t", "--target", "targets", type=int, multiple=True,
-              help="Class / output channel (repeatable: scores summed); default: predicted class / all foreground.")
+@click.option("-m", "--method", "methods", multiple=True, metavar="NAME", cls=LazyHelpOption, help_text=_methods_help)
+@click.option("-t", "--target", "targets", multiple=True, metavar="CLASS",
+              help="Class / output channel, by index or by the card's label name (e.g. -t HGG); repeatable: scores "
+                   "summed. Default: the predicted class / every foreground channel.")
 @click.option("-o", "--output", "out", type=click.Path(file_okay=False, path_type=Path), default=Path("nxrt_out"),
-              show_default=True)
+              show_default=True, help="Output folder: one subfolder per case.")
 @click.option("-p", "--param", "assignments", multiple=True, metavar="METHOD.PARAM=VALUE",
               help="Set any parameter of a chosen method, e.g. -p ig.steps=32 -p sg.kind=vargrad (repeatable; "
                    "METHOD may be an alias; `nxrt methods` lists them).")
-@click.option("--channel", "channels", multiple=True, help="NAME=FILE for one modality (repeatable).")
-@click.option("--region", default=None,
+@click.option("--channel", "channels", multiple=True, metavar="NAME=FILE",
+              help="One modality of a case given file by file, e.g. --channel flair=a.nii.gz (repeatable).")
+@click.option("--region", default=None, metavar="predicted|MASK",
               help="Segmentation score region: 'predicted' or a mask NIfTI on the case's voxel grid.")
-@click.option("--layer", default=None, help="Grad-CAM layer (ONNX tensor or node name); = -p gradcam.layer=...")
-@click.option("--steps", type=int, default=None, help="IG / guided IG steps.")
-@click.option("--samples", type=int, default=None, help="SmoothGrad samples.")
-@click.option("--noise", type=float, default=None, help="SmoothGrad noise level (fraction of the value range).")
-@click.option("--rule", default=None, help="IG quadrature rule.")
-@click.option("--interpolation", type=click.Choice(["linear", "nearest"]), default=None)
-@click.option("--task", type=click.Choice(["classification", "segmentation"]), default=None)
-@click.option("--layout", type=click.Choice(LAYOUTS), default=None)
-@click.option("--provider", type=click.Choice(["auto", "cpu", "cuda", "openvino"]), default="auto", show_default=True)
+@click.option("--layer", default=None, metavar="NAME",
+              help="Grad-CAM layer (ONNX tensor or node name); = -p gradcam.layer=...")
+@click.option("--steps", type=int, default=None, cls=LazyHelpOption,
+              help_text=_param_help("IG / guided IG steps", "steps"))
+@click.option("--samples", type=int, default=None, cls=LazyHelpOption,
+              help_text=_param_help("SmoothGrad noisy copies", "samples"))
+@click.option("--noise", type=float, default=None, cls=LazyHelpOption,
+              help_text=_param_help("SmoothGrad noise sigma, a fraction of the input's value range", "noise"))
+@click.option("--rule", default=None, cls=LazyHelpOption, help_text=_param_help("IG quadrature rule", "rule"))
+@click.option("--interpolation", type=click.Choice(["linear", "nearest"]), default=None, cls=LazyHelpOption,
+              help_text=_param_help("How Grad-CAM-like maps are resampled to the input grid", "interpolation"))
+@click.option("--task", type=click.Choice(["classification", "segmentation"]), default=None,
+              help="Override the model card's task (default: the card's, else inferred from the output shape and "
+                   "said).")
+@click.option("--layout", type=click.Choice(LAYOUTS), default=None,
+              help="Override the model card's layout (default: the card's, else inferred and said).")
+@click.option("--provider", type=click.Choice(["auto", "cpu", "cuda", "openvino"]), default="auto", show_default=True,
+              help="Where the graph runs: cpu = onnxruntime's CPU provider, cuda, openvino (nxrt[openvino]); auto "
+                   "= CUDA when a GPU is usable, else the CPU (README \"Backends\").")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Samples per session run (default: from the model's activation sizes and --max-memory).")
 @click.option("--max-memory", default=None, metavar="SIZE",
@@ -307,7 +364,8 @@ def _explain(model, cases, methods, targets, out, assignments, channels, region,
         else:
             held.append(f"nxrt: warning: {line}")
 
-    request = CaseRequest(methods, target=list(targets) or None, region=regions.from_cli(region), params=params,
+    target = ex.card.target_indices(targets) or None  # (label names from the card allowed)
+    request = CaseRequest(methods, target=target, region=regions.from_cli(region), params=params,
                           slice_spec=slice_spec, resample=resample or None, overwrite=overwrite, resume=resume,
                           channel_files=channel_files or None, warn=warn, metrics=metrics,
                           metric_params=metric_params, mask=mask)
@@ -329,7 +387,14 @@ def _explain(model, cases, methods, targets, out, assignments, channels, region,
             held.append(f"nxrt: wrote {', '.join(str(p) for p in written)}")
     for line in held:
         click.echo(line, err=True)
-    for line in report.lines():
+    lines = report.lines()
+    if not cohort and report.outcomes and report.outcomes[0].summary:  # one case: say what it found
+        from .findings import case_lines
+
+        found = case_lines(report.outcomes[0].summary, out / report.outcomes[0].name)
+        look = [line for line in found if line.startswith("look first at")]
+        lines = lines[:-1] + [line for line in found if line not in look] + lines[-1:] + look
+    for line in lines:
         click.echo(line)
     if report.exit_code:
         sys.exit(report.exit_code)
@@ -434,8 +499,10 @@ def inspect(model: Path) -> None:
 @click.argument("case")
 @click.option("-o", "--output", "out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="PNG to write (default: <case>_layers.png).")
-@click.option("-t", "--target", "targets", type=int, multiple=True)
-@click.option("--orientation", type=click.Choice(["axial", "coronal", "sagittal"]), default="axial")
+@click.option("-t", "--target", "targets", multiple=True, metavar="CLASS",
+              help="Class / output channel, by index or label name (repeatable); default: as for explain.")
+@click.option("--orientation", type=click.Choice(["axial", "coronal", "sagittal"]), default="axial",
+              show_default=True)
 @click.option("--slice", "slice_spec", default=None, metavar="ORIENTATION[:INDEX]",
               help="A 2D model on a 3D case: the slice to explain (as for explain).")
 @click.option("--overwrite", is_flag=True)
@@ -458,7 +525,7 @@ def layers(model, case, out, targets, orientation, slice_spec, overwrite):
     if slice_spec is None and model_spatial_rank(ex) == 2 and len(c.spatial_shape) == 3:
         slice_spec = orientation  # a 2D model: --orientation picks the slice's orientation
     x, geometry, slab, lift = model_input(ex, c, slice_spec)
-    explanation = ex.explain(x, "layer_sweep", target=list(targets) or None)
+    explanation = ex.explain(x, "layer_sweep", target=ex.card.target_indices(targets) or None)
     sweep = (lift(explanation.attribution) if lift else explanation.attribution)[0]
     names = explanation.extras["layers"]
     maps = to_image_channels_last(sweep, ex.layout, geometry)
@@ -480,11 +547,16 @@ def layers(model, case, out, targets, orientation, slice_spec, overwrite):
 
 
 @main.command()
-@click.option("-o", "--output", "out", type=click.Path(file_okay=False, path_type=Path), default=Path("nxrt_demo"),
-              show_default=True)
+@click.option("-o", "--output", "out", type=click.Path(file_okay=False, path_type=Path), default=Path("demo_out"),
+              show_default=True, help="Output folder (the maps, and copies of the case and the two models).")
 @click.option("--overwrite", is_flag=True, help="Replace the outputs of an earlier demo run.")
 def demo(out: Path, overwrite: bool) -> None:
-    """Explain the shipped demo grader on a BraTS-like phantom with the seven NeuroXAI methods (offline)."""
+    """Explain the two shipped demo models, a glioma grader (HGG vs LGG) and a tumour segmenter, on a
+    BraTS-like phantom with the seven NeuroXAI methods (offline, a few minutes on 2 CPU cores).
+
+    OUT gets the maps (OUT/grader/CASE/, OUT/segmenter/CASE/), the case (OUT/input/CASE/) and the
+    models (OUT/models/*.onnx), so that `nxrt explain OUT/models/segmenter.onnx OUT/input/CASE`
+    works from a pip install."""
     from .demo.run import run_demo
 
     _check_writable(out)

@@ -177,6 +177,7 @@ class CaseOutcome:
     status: str
     seconds: float = 0.0
     summary: dict | None = None
+    recorded_seconds: float | None = None  # a skipped case: what computing it took when it was made
 
     @property
     def failed(self) -> bool:
@@ -212,6 +213,9 @@ class CaseJob:
         self.explainer = explainer
         self.out = Path(out)
         self.request = request
+        #: what the finished cases this job skipped (--resume) took when they were made: a resumed
+        #: cohort's first time-left estimate
+        self.recorded: list[float] = []
 
     def start(self, source, progress: Callable[[str], None] | None = None) -> Callable[[], CaseOutcome]:
         from .imaging.cases import forget_prefetched, load_case
@@ -253,7 +257,10 @@ class CaseJob:
         todo = plan(final, canonical(req.methods), req, (model.file_sha256, model.digest))
         if todo.nothing_to_do:
             lock.release()
-            return lambda: CaseOutcome(case.name, "skipped (finished)")
+            recorded = recorded_seconds(todo.previous)
+            if recorded is not None:
+                self.recorded.append(recorded)
+            return lambda: CaseOutcome(case.name, "skipped (finished)", recorded_seconds=recorded)
         stage = staging_folder(self.out, case.name)
         try:
             if stage.exists():
@@ -301,6 +308,40 @@ class CaseJob:
         return finish
 
 
+def recorded_seconds(summary: dict | None) -> float | None:
+    """What computing a finished case took, from its summary.json (loading and each method)."""
+    if not summary or not summary.get("methods"):
+        return None
+    timings = summary.get("timings") or {}
+    return float(timings.get("load_and_preprocess_s", 0.0)) + float(timings.get("forward_s", 0.0)) + \
+        sum(float(m.get("seconds", 0.0)) for m in summary["methods"].values())
+
+
+class TimeLeft:
+    """The time-left estimate of a cohort: the mean time of the cases this run computed (skipped
+    ones cost nothing), or before the first one, what the finished cases recorded (a resumed run
+    thus starts from the model's measured per-case time, not from zero). `parallel`: cases
+    computed at once."""
+
+    def __init__(self, parallel: int = 1):
+        self.parallel = max(1, parallel)
+        self.spent = 0.0
+        self.computed = 0
+
+    def add(self, seconds: float) -> None:
+        self.spent += seconds
+        self.computed += 1
+
+    def seconds(self, remaining: int, recorded: Sequence[float] = ()) -> float | None:
+        if self.computed:
+            per_case = self.spent / self.computed
+        elif recorded:
+            per_case = sum(recorded) / len(recorded)
+        else:
+            return None
+        return per_case * remaining / self.parallel
+
+
 class Runner(Protocol):
     def run(self, job: CaseJob, items: Sequence[Item], isolate: bool, progress: Progress | None = None
             ) -> list[CaseOutcome]: ...
@@ -320,9 +361,9 @@ class LocalRunner:
         outcomes: list[CaseOutcome | None] = []
         finisher = ThreadPoolExecutor(1, thread_name_prefix="nxrt-finish") if isolate else None
         waiting: list[tuple[int, str, Future, float]] = []
-        started = time.perf_counter()
 
         full: list[OutputError] = []  # a full disk stops the cohort: every later case would fail too
+        estimate = TimeLeft()
 
         def failed(name: str, exc: NxrtError, t0: float) -> CaseOutcome:
             if isinstance(exc, OutputError) and exc.disk_full:
@@ -346,13 +387,15 @@ class LocalRunner:
 
                 def report(method, k=k, label=label):
                     if progress:
-                        elapsed = time.perf_counter() - started
-                        left = elapsed / max(k - 1, 1) * (len(items) - k + 1) if k > 1 else None
+                        left = estimate.seconds(len(items) - k + 1, job.recorded)
                         progress(k, len(items), Path(str(label)).name, method, left)
 
                 submitted = False
                 try:
+                    skipped = len(job.recorded)
                     finish = job.start(source, report)
+                    if len(job.recorded) == skipped:  # (a skipped case costs nothing: not counted)
+                        estimate.add(time.perf_counter() - t0)
                     if finisher is None:
                         outcomes.append(finish())
                     else:

@@ -27,18 +27,30 @@ PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
 
 def resolve_providers(providers: str | Sequence[str] | None) -> list[str]:
-    """Map 'cpu' / 'cuda' / 'auto' / full provider names to an onnxruntime provider list.
+    """Map 'cpu' / 'cuda' / 'openvino' / 'auto' / full provider names to a provider list.
 
     'auto' picks CUDA only when a GPU is really usable (the onnxruntime-gpu wheel lists CUDA as
-    available even on machines without one, then logs a loud error); else CPU, quietly.
+    available even on machines without one, then logs a loud error); else OpenVINO on the CPU when
+    it is installed and its CPU plugin loads (faster than onnxruntime's CPU provider and as exact:
+    README "Backends"); else onnxruntime's CPU provider, quietly. The environment variable
+    NXRT_PROVIDER (cpu, cuda, openvino) replaces what 'auto' would choose: a deployment that must
+    stay on one backend sets it once instead of changing every command.
     """
     import onnxruntime as ort
 
     from .backend_openvino import OPENVINO
+    from .backend_openvino import available as openvino_available
     from .backend_openvino import require as require_openvino
 
     if providers is None or providers == "auto":
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"] if cuda_usable() else ["CPUExecutionProvider"]
+        chosen = os.environ.get("NXRT_PROVIDER", "auto").strip().lower() or "auto"
+        if chosen != "auto":
+            if chosen not in ("cpu", "cuda", "openvino"):
+                raise InputError(f"NXRT_PROVIDER={chosen}: not a provider; set it to cpu, cuda, openvino or auto")
+            return resolve_providers(chosen)
+        if cuda_usable():
+            return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        return [OPENVINO] if openvino_available() else ["CPUExecutionProvider"]
     if isinstance(providers, str):
         providers = [providers]
     if any(str(p).lower() == OPENVINO.lower() for p in providers):

@@ -12,6 +12,10 @@ import tempfile
 import pytest
 
 os.environ.setdefault("NXRT_CACHE", tempfile.mkdtemp(prefix="nxrt-test-cache-"))
+# 'auto' would choose OpenVINO here (the dev extra installs it): the tests of everything but the
+# backends run on onnxruntime's CPU provider; the OpenVINO backend has its own tests and the parity
+# suite runs on both (tests/nets.py BACKENDS)
+os.environ.setdefault("NXRT_PROVIDER", "cpu")
 
 from tests.builders import seg_model, tiny_classifier  # noqa: E402  (after the cache is set)
 

@@ -81,6 +81,31 @@ def test_provider_errors_are_one_line(seg_onnx, tmp_path):
         nxrt.Explainer(seg_onnx, providers=["openvino", "cpu"])
 
 
+def test_auto_chooses_openvino_on_a_cpu_host_and_says_so(seg_onnx, tmp_path, monkeypatch):
+    """--provider auto: no usable GPU here, OpenVINO installed (the dev extra) -> OpenVINO, recorded in
+    summary.json's provenance; NXRT_PROVIDER replaces auto's choice (the rest of the suite runs with
+    NXRT_PROVIDER=cpu, conftest.py), and a wrong value is one line."""
+    import json
+
+    from nxrt.engine import resolve_providers
+    from tests.builders import run_cli, write_case
+
+    monkeypatch.delenv("NXRT_PROVIDER", raising=False)
+    assert resolve_providers("auto") == ["OpenVINO"]
+    write_case(tmp_path / "c", "c")
+    res = run_cli("explain", seg_onnx, tmp_path / "c", "-m", "vanilla", "-o", tmp_path / "o")
+    assert res.returncode == 0, res.stderr
+    summary = json.loads((tmp_path / "o" / "c" / "summary.json").read_text())
+    assert summary["provenance"]["provider"] == "OpenVINO"
+    monkeypatch.setenv("NXRT_PROVIDER", "cpu")
+    assert resolve_providers("auto") == ["CPUExecutionProvider"]
+    assert resolve_providers("openvino") == ["OpenVINO"]  # (an explicit choice stands)
+    monkeypatch.setenv("NXRT_PROVIDER", "tpu")
+    res = run_cli("explain", seg_onnx, tmp_path / "c", "-m", "vanilla", "-o", tmp_path / "o2")
+    assert res.returncode == 2 and res.stderr.strip() == \
+        "nxrt: error: NXRT_PROVIDER=tpu: not a provider; set it to cpu, cuda, openvino or auto"
+
+
 def test_the_metrics_equal_onnxruntime(grader):
     from nxrt.evaluation import evaluate
 

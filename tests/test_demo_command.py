@@ -7,6 +7,10 @@ import subprocess
 import sys
 
 import matplotlib.image as mpimg
+import nibabel as nib
+import numpy as np
+
+from tests.builders import run_cli
 
 
 def test_nxrt_demo_writes_every_output(tmp_path):
@@ -39,6 +43,23 @@ def test_nxrt_demo_writes_every_output(tmp_path):
                            text=True)
     assert again.returncode == 2 and "--overwrite" in again.stderr
 
+    # a pip user has the demo's copies of the models: they explain its copy of the case, and the
+    # grader's label names work as targets (-t HGG is -t 1)
+    case = out / "input" / "BraTS-PHANTOM-007"
+    grader = out / "models" / "grader.onnx"
+    one = run_cli("explain", grader, case, "-m", "vanilla", "-t", "HGG", "-o", tmp_path / "a")
+    two = run_cli("explain", grader, case, "-m", "vanilla", "-t", "1", "-o", tmp_path / "b")
+    assert one.returncode == 0 and two.returncode == 0, (one.stderr, two.stderr)
+    a = nib.load(str(tmp_path / "a" / "BraTS-PHANTOM-007" / "vanilla.nii.gz")).get_fdata()
+    np.testing.assert_array_equal(a, nib.load(str(tmp_path / "b" / "BraTS-PHANTOM-007" / "vanilla.nii.gz")).get_fdata())
+    assert np.abs(a).max() > 0
+    assert "prediction: HGG" in one.stdout and "explained: HGG, score" in one.stdout, one.stdout
+    seg = run_cli("explain", out / "models" / "segmenter.onnx", case, "-m", "gradcam", "-o", tmp_path / "s")
+    assert seg.returncode == 0, seg.stderr
+    assert "prediction: tumour voxels per label: necrosis (1)" in seg.stdout and "look first at" in seg.stdout
+    gradcam = json.loads((tmp_path / "s" / "BraTS-PHANTOM-007" / "summary.json").read_text())["methods"]["gradcam"]
+    assert gradcam["share_in_true_tumour"] > 5 * gradcam["true_tumour_share_of_brain"]
+
 
 def test_wheel_ships_the_demo_and_stays_small(tmp_path):
     """The wheel carries both demo models, the case and the template, and stays under 20 MB."""
@@ -46,9 +67,10 @@ def test_wheel_ships_the_demo_and_stays_small(tmp_path):
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    res = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", str(root),
+    res = subprocess.run([sys.executable, "-m", "pip", "wheel", "-v", "--no-deps", "--no-build-isolation", str(root),
                           "-w", str(tmp_path)], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
+    assert "Warning" not in res.stdout + res.stderr, "the build warns (packaging configuration)"
     (wheel,) = tmp_path.glob("nxrt-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     data = "nxrt/demo/data/"

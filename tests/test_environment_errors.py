@@ -112,7 +112,7 @@ def test_files_that_are_not_cases_each_get_their_own_true_line(files, seg_onnx, 
 
 
 @pytest.mark.parametrize("args, words", [
-    (["-t", "abc"], ["Invalid value for '-t' / '--target': 'abc' is not a valid integer", "nxrt explain --help"]),
+    (["-t", "abc"], ["target 'abc': the model card has no label of that name; its labels: background (0)"]),
     (["-o", "FILE"], ["Invalid value for '-o' / '--output'", "is a file"]),
     (["-m", "vanilla", "gradcam"], ["gradcam: no such case", "give each method its own -m (-m vanilla -m gradcam)"]),
     (["--no-such-option"], ["No such option '--no-such-option'"]),

@@ -56,6 +56,7 @@ def run_demo(out: Path, overwrite: bool = False) -> dict[str, Path]:
     from ..cohort import CaseJob, CaseRequest
     from ..explainer import Explainer
     from ..imaging.cases import load_case
+    from ..imaging.writer import atomic_path
 
     out = Path(out)
     case_dir = out / "input" / CASE
@@ -64,10 +65,16 @@ def run_demo(out: Path, overwrite: bool = False) -> dict[str, Path]:
         for item in shipped_case().iterdir():
             with resources.as_file(item) as src:
                 shutil.copyfile(src, case_dir / item.name)
+    models = out / "models"  # copies a pip user can point `nxrt explain` at (the package's are deep in site-packages)
+    models.mkdir(parents=True, exist_ok=True)
     results = {}
     for name in MODELS:
-        with resources.as_file(resources.files("nxrt.demo") / "data" / f"{name}.onnx") as model:
-            ex = Explainer(model)
+        with resources.as_file(resources.files("nxrt.demo") / "data" / f"{name}.onnx") as shipped:
+            copy = models / f"{name}.onnx"
+            if overwrite or not copy.exists():
+                with atomic_path(copy) as tmp:
+                    shutil.copyfile(shipped, tmp)
+            ex = Explainer(shipped)
             case = load_case(case_dir, channels=ex.card.channels)
             click.echo(f"{name} ({ex.task}):", err=True)
 
@@ -80,22 +87,17 @@ def run_demo(out: Path, overwrite: bool = False) -> dict[str, Path]:
         results[name] = out / name / CASE
         _report(name, summary)
     click.echo(f"wrote {out}/grader/{CASE}/ and {out}/segmenter/{CASE}/ (NIfTI maps, prediction, overview.png, "
-               f"summary.json); the case is in {case_dir}/")
+               f"summary.json); the case is in {case_dir}/, the models in {models}/")
     for path in results.values():
         click.echo(f"look first at {path / 'overview.png'}")
     return results
 
 
 def _report(name: str, summary: dict) -> None:
-    pred = summary["prediction"]
-    if "label" in pred:
-        click.echo(f"{name}: {pred['label']} (scores {', '.join(f'{s:.2f}' for s in summary['scores'])}); "
-                   "true grade HGG")
-    else:
-        voxels = pred.get("voxels_per_channel") or {k: v for k, v in pred["voxels_per_label"].items() if k != 0}
-        click.echo(f"{name}: predicted tumour voxels per BraTS label {voxels}; explained score: mean whole-tumour "
-                   f"probability {sum(summary['scores'][1:]):.4f}")
-    for method, m in summary["methods"].items():
-        share = m.get("share_in_true_tumour")
-        click.echo(f"  {method:22s} {m['seconds']:6.1f} s" + (f"   {share:5.1%} of the attribution inside the tumour"
-                                                             if share is not None else ""))
+    from ..findings import explained_line, method_lines, prediction_line
+
+    truth = "; true grade HGG" if "label" in summary["prediction"] else ""
+    click.echo(f"{name}: {prediction_line(summary)}{truth}")
+    click.echo(f"{name}: {explained_line(summary)}")
+    for line in method_lines(summary):
+        click.echo(line)

@@ -171,7 +171,8 @@ def explain_case(explainer, case: Case, methods: Sequence[str], target=None, reg
         probs = scores[0]
         names = explainer.card.labels or [str(i) for i in range(len(probs))]
         summary["prediction"] = {"class": int(np.argmax(probs)), "label": names[int(np.argmax(probs))]
-                                 if len(names) == len(probs) else str(int(np.argmax(probs)))}
+                                 if len(names) == len(probs) else str(int(np.argmax(probs))),
+                                 "label_names": explainer.card.labels}
     summary["scores"] = [float(s) for s in scores[0]]
     if target is None and explainer.task == "classification":
         target = int(np.argmax(scores[0]))  # what each method would resolve again with a forward pass
@@ -256,6 +257,8 @@ class _CaseStats:
         voxels[0] = voxels.get(0, 0) + self.geometry.uncovered_voxels()  # the image outside the crop
         summary["prediction"] = {"rule": "argmax over the channels (softmax)",
                                  "voxels_per_label": dict(sorted(voxels.items())), "label_names": self.card.labels}
+        if values:  # the label value each channel is written as (BraTS: 0, 1, 2, 4)
+            summary["prediction"]["label_values"] = [int(v) for v in values.split(",")]
         return labels_model
 
     def maps(self, e: Explanation, sample: np.ndarray, seconds: float) -> MethodMaps:

@@ -1,0 +1,89 @@
+"""What one explained case found, as the few lines a person reads first (`nxrt explain` on one
+case, `nxrt demo`): the prediction, the score that was explained, each method's time and how much
+of its map lies in the tumour, and the figure to look at. Plain data in (summary.json's dict),
+lines out.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def prediction_line(summary: dict) -> str:
+    """'prediction: HGG (scores LGG -9.06, HGG 1.87)' or, for a segmenter, the predicted tumour
+    voxels per label (named from the card when it names them)."""
+    pred = summary.get("prediction") or {}
+    scores = summary.get("scores") or []
+    if "label" in pred:  # a classifier
+        names = _label_names(summary, len(scores))
+        listed = ", ".join(f"{n} {s:.3g}" for n, s in zip(names, scores, strict=True))
+        return f"prediction: {pred['label']} (scores {listed})"
+    names = pred.get("label_names") or []
+    if "voxels_per_channel" in pred:  # independent (sigmoid / logit) channels
+        counts = pred["voxels_per_channel"]
+        return "prediction: voxels above threshold per channel: " + ", ".join(f"{k} {v}" for k, v in counts.items())
+    counts = {int(k): v for k, v in (pred.get("voxels_per_label") or {}).items() if int(k) != 0}
+    if not counts:
+        return "prediction: no tumour voxels (every voxel predicted as background)"
+    named = [f"{_value_name(k, names, pred.get('label_values'))} {v}" for k, v in counts.items()]
+    return f"prediction: tumour voxels per label: {', '.join(named)} ({sum(counts.values())} in all)"
+
+
+def explained_line(summary: dict) -> str | None:
+    """What was explained: the target (by name when the card names it) and its score."""
+    first = next(iter((summary.get("methods") or {}).values()), None)
+    scores = summary.get("scores") or []
+    if first is None or not first.get("target"):
+        return None
+    target = [int(t) for t in first["target"]]
+    names = first.get("target_labels") or [str(t) for t in target]
+    if not all(0 <= t < len(scores) for t in target):
+        return f"explained: {' + '.join(names)}"
+    value = sum(scores[t] for t in target)
+    what = "score" if summary.get("task") == "classification" else "score (mean over the volume)"
+    return f"explained: {' + '.join(names)}, {what} {value:.4g}"
+
+
+def method_lines(summary: dict, width: int = 22) -> list[str]:
+    lines = []
+    for method, m in (summary.get("methods") or {}).items():
+        line = f"  {method:<{width}s} {m.get('seconds', 0.0):6.1f} s"
+        inside = [(m.get("share_in_true_tumour"), "the true tumour"),
+                  (m.get("share_in_predicted_tumour"), "the predicted tumour")]
+        said = [f"{share:5.1%} in {where}" for share, where in inside if share is not None]
+        if said:
+            line += "   " + said[0].replace(" in ", " of the map in ", 1) + "".join(f", {s}" for s in said[1:])
+        lines.append(line)
+    return lines
+
+
+def case_lines(summary: dict, folder: Path) -> list[str]:
+    """Every line: prediction, explained score, one per method, then where to look first."""
+    lines = [prediction_line(summary)]
+    explained = explained_line(summary)
+    if explained:
+        lines.append(explained)
+    lines += method_lines(summary)
+    if (Path(folder) / "overview.png").exists():
+        lines.append(f"look first at {Path(folder) / 'overview.png'}")
+    return lines
+
+
+def _label_names(summary: dict, n: int) -> list[str]:
+    first = next(iter((summary.get("methods") or {}).values()), {})
+    names = (summary.get("prediction") or {}).get("label_names") or []
+    if len(names) == n:
+        return list(names)
+    if first.get("target_labels") and len(first.get("target_labels")) == n:
+        return list(first["target_labels"])
+    return [str(k) for k in range(n)]
+
+
+def _value_name(value: int, names: list[str], values: list[int] | None) -> str:
+    """A label value's name: the card's labels name output channels; the label values a
+    segmenter writes (BraTS: 0, 1, 2, 4) map to channels in order."""
+    if values and value in values and names and len(names) == len(values):
+        return f"{names[values.index(value)]} ({value})"
+    if names and 0 <= value < len(names) and not values:
+        return f"{names[value]} ({value})"
+    return str(value)
