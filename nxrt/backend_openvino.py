@@ -107,8 +107,17 @@ class _Port:
 
 
 #: input channels one convolution of the rewritten graph sums before its partial result is added
-#: to the others (see `split_accumulations`)
+#: to the others (see `split_accumulations`) ...
 CHANNELS_PER_SUM = 8
+#: ... and at most this many partial sums per convolution: wider layers sum C/16 channels at a time
+#: (ResNet50's 1x1 convolutions over 2048 channels as 256 sums of 8 ran 2.5x slower than onnxruntime)
+MAX_PARTS = 16
+
+
+def channels_per_sum(channels: int, chunk: int = CHANNELS_PER_SUM) -> int:
+    """How many input channels one partial convolution sums: `chunk`, or more for layers wider than
+    chunk x MAX_PARTS (then MAX_PARTS partial sums)."""
+    return max(chunk, -(-channels // MAX_PARTS))
 
 
 #: ops whose output jumps when their input crosses a threshold: in the backward part of a graph
@@ -156,7 +165,8 @@ def split_accumulations(model: onnx.ModelProto, chunk: int, only: set[str] | Non
     L2 against float64, 3x3x3: 5.1e-7 and 7.1e-7 vs 2.0e-7). In a gradient that error matters
     where it flips the sign of a pre-activation near zero -- each flip moves the ReLU / LeakyReLU
     mask of one voxel -- so the parity suite's ReLU networks came out 2-10x further from float64
-    than torch's own float32. Sums of 8 channels bring OpenVINO to 2.6e-7."""
+    than torch's own float32. Sums of 8 channels bring OpenVINO to 2.6e-7; layers wider than 128
+    channels are split into 16 sums (`channels_per_sum`)."""
     from onnx import helper, numpy_helper
 
     weights = {t.name: t for t in model.graph.initializer}
@@ -169,16 +179,17 @@ def split_accumulations(model: onnx.ModelProto, chunk: int, only: set[str] | Non
         if w is None or group != 1 or w.dims[axis] <= chunk or (only is not None and node.output[0] not in only):
             nodes.append(node)
             continue
+        size = channels_per_sum(w.dims[axis], chunk)
         array = numpy_helper.to_array(w)
-        parts = list(range(0, array.shape[axis], chunk))
-        sizes = numpy_helper.from_array(np.array([min(chunk, array.shape[axis] - p) for p in parts], np.int64),
+        parts = list(range(0, array.shape[axis], size))
+        sizes = numpy_helper.from_array(np.array([min(size, array.shape[axis] - p) for p in parts], np.int64),
                                         f"{node.output[0]}__split_sizes")
         xs = [f"{node.output[0]}__x{i}" for i in range(len(parts))]
         nodes.append(helper.make_node("Split", [node.input[0], sizes.name], xs, axis=1))
         added.append(sizes)
         total = None
         for i, start in enumerate(parts):
-            piece = np.take(array, range(start, start + min(chunk, array.shape[axis] - start)), axis=axis)
+            piece = np.take(array, range(start, start + min(size, array.shape[axis] - start)), axis=axis)
             wi = numpy_helper.from_array(np.ascontiguousarray(piece), f"{node.output[0]}__w{i}")
             added.append(wi)
             bias = node.input[2:3] if i == len(parts) - 1 else []
