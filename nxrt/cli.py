@@ -242,7 +242,8 @@ def _import_nibabel() -> None:
               help="Override the model card's layout (default: the card's, else inferred and said).")
 @click.option("--provider", type=click.Choice(["auto", "cpu", "cuda", "openvino"]), default="auto", show_default=True,
               help="Where the graph runs: cpu = onnxruntime's CPU provider, cuda, openvino (nxrt[openvino]); auto "
-                   "= CUDA when a GPU is usable, else the CPU (README \"Backends\").")
+                   "= CUDA when a GPU is usable, else OpenVINO for a 3D model when installed, else cpu (README "
+                   "\"Backends\"); NXRT_PROVIDER replaces auto's choice.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Samples per session run (default: from the model's activation sizes and --max-memory).")
 @click.option("--max-memory", default=None, metavar="SIZE",

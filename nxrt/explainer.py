@@ -21,7 +21,7 @@ import onnx
 from . import passes
 from .card import ModelCard, check_card
 from .context import Context
-from .engine import SessionPool, batches, parse_bytes
+from .engine import SessionPool, batches, parse_bytes, resolve_providers
 from .errors import InputError, ModelError, NxrtWarning
 from .explanation import Explanation, merge_extras
 from .graph import GraphInfo, load_model
@@ -125,7 +125,9 @@ class Explainer:
         self.settings = {"task": task, "layout": None if layout is None else str(layout), "providers": providers,
                          "batch_size": batch_size, "score": score, "output": output, "seed": seed,
                          "threads": threads, "max_memory": max_memory}
-        self.pool = SessionPool(providers, threads, batch_size, None if max_memory is None else parse_bytes(max_memory))
+        # 'auto' is decided here, where the model's spatial rank is known (engine.resolve_providers)
+        chosen = resolve_providers(providers, spatial_rank=len(self.model.input_shape) - 2)
+        self.pool = SessionPool(chosen, threads, batch_size, None if max_memory is None else parse_bytes(max_memory))
         self.providers = self.pool.providers
         self.sessions = ModelSessions(self.model, self.spec, self.pool)
 
