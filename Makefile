@@ -4,6 +4,11 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/pip install -q -c constraints.txt
+# Editable installs as a link tree in build/ (strict mode): setuptools' default for this layout
+# (nxrt.plugins and nxrt.converters live in plugins/ and converters/) is a meta-path finder that
+# prints a warning on every install. A new module (or entry point) needs `make` to run the install
+# again: touch pyproject.toml.
+EDITABLE := --config-settings editable_mode=strict
 
 .PHONY: test demo bench lint clean
 
@@ -13,11 +18,11 @@ $(BIN)/python:
 
 $(VENV)/.dev: $(BIN)/python pyproject.toml constraints.txt
 	$(PIP) torch==2.13.0
-	$(PIP) -e '.[dev]'
+	$(PIP) $(EDITABLE) -e '.[dev]'
 	touch $@
 
 $(VENV)/.runtime: $(BIN)/python pyproject.toml
-	$(PIP) -e .
+	$(PIP) $(EDITABLE) -e .
 	touch $@
 
 lint: $(VENV)/.dev
