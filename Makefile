@@ -4,11 +4,11 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/pip install -q -c constraints.txt
-# Editable installs as a link tree in build/ (strict mode): setuptools' default for this layout
-# (nxrt.plugins and nxrt.converters live in plugins/ and converters/) is a meta-path finder that
-# prints a warning on every install. A new module (or entry point) needs `make` to run the install
-# again: touch pyproject.toml.
-EDITABLE := --config-settings editable_mode=strict
+# setuptools prints a notice on every editable install of a package with mapped folders
+# (nxrt.plugins and nxrt.converters live in plugins/ and converters/): "Editable installation ...
+# be careful with folders ... with the same name as your package". It is not a configuration
+# problem (strict mode prints another one), so that one notice is filtered; other warnings show.
+EDITABLE := PYTHONWARNINGS="ignore:Editable installation"
 
 .PHONY: test demo bench lint clean
 
@@ -18,11 +18,11 @@ $(BIN)/python:
 
 $(VENV)/.dev: $(BIN)/python pyproject.toml constraints.txt
 	$(PIP) torch==2.13.0
-	$(PIP) $(EDITABLE) -e '.[dev]'
+	$(EDITABLE) $(PIP) -e '.[dev]'
 	touch $@
 
 $(VENV)/.runtime: $(BIN)/python pyproject.toml
-	$(PIP) $(EDITABLE) -e .
+	$(EDITABLE) $(PIP) -e .
 	touch $@
 
 lint: $(VENV)/.dev
