@@ -217,13 +217,13 @@ def split_accumulations(model: onnx.ModelProto, chunk: int, only: set[str] | Non
 
 def explicit_instance_norms(model: onnx.ModelProto) -> onnx.ModelProto:
     """The model with every InstanceNormalization of a static spatial shape written out as the
-    gradient rules compute it (`rules.mean_over`: means one axis at a time).
+    gradient rules compute it (`rules.standardise`: means one axis at a time).
 
     Why: OpenVINO runs InstanceNormalization as its fused MVN kernel, whose output is 2-3x further
     from float64 than onnxruntime's (BasicUNet's first block: 8.1e-7 vs 3.1e-7 relative L2), and on
     ReLU networks forward error becomes flipped masks in the gradient; the written-out form is not
     fused back (its reductions are not the single mean MVN's pattern looks for)."""
-    from .autodiff.rules import mean_over
+    from .autodiff.rules import standardise
     from .graph import Builder, GraphInfo
 
     if not any(n.op_type == "InstanceNormalization" for n in model.graph.node):
@@ -242,12 +242,9 @@ def explicit_instance_norms(model: onnx.ModelProto) -> onnx.ModelProto:
         rank = len(shape)
         eps = next((a.f for a in node.attribute if a.name == "epsilon"), 1e-5)
         build.nodes = []
-        axes, sizes = list(range(2, rank)), list(shape[2:])
-        centred = build.op("Sub", x, mean_over(build, x, axes, sizes))
-        var = mean_over(build, build.op("Mul", centred, centred), axes, sizes)
-        invstd = build.op("Reciprocal", build.op("Sqrt", build.op("Add", var, build.const(np.float32(eps)))))
+        xhat, _ = standardise(build, x, list(range(2, rank)), list(shape[2:]), eps)
         per_channel = build.ints([1, -1] + [1] * (rank - 2))
-        scaled = build.op("Mul", build.op("Mul", centred, invstd), build.op("Reshape", scale, per_channel))
+        scaled = build.op("Mul", xhat, build.op("Reshape", scale, per_channel))
         build.op("Add", scaled, build.op("Reshape", bias, per_channel), outputs=[node.output[0]])
         nodes.extend(build.nodes)
     del result.graph.node[:]

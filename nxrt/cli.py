@@ -41,7 +41,7 @@ def _methods_help() -> str:
             + ". `nxrt methods` gives each one's parameters.")
 
 
-def _param_help(what: str, param: str, extra: str = "") -> callable:
+def _param_help(what: str, param: str) -> callable:
     """Help for a shortcut option: what it sets and, per method that has the parameter, its default
     (and choices)."""
 
@@ -59,7 +59,7 @@ def _param_help(what: str, param: str, extra: str = "") -> callable:
         line = f"{what} (= -p METHOD.{param}=...; default: {said})"
         if choices:
             line += f"; one of: {', '.join(map(str, choices))}"
-        return line + extra
+        return line
 
     return text
 
@@ -390,11 +390,10 @@ def _explain(model, cases, methods, targets, out, assignments, channels, region,
         click.echo(line, err=True)
     lines = report.lines()
     if not cohort and report.outcomes and report.outcomes[0].summary:  # one case: say what it found
-        from .findings import case_lines
+        from .findings import case_lines, look_first
 
-        found = case_lines(report.outcomes[0].summary, out / report.outcomes[0].name)
-        look = [line for line in found if line.startswith("look first at")]
-        lines = lines[:-1] + [line for line in found if line not in look] + lines[-1:] + look
+        look = look_first(out / report.outcomes[0].name)
+        lines = lines[:-1] + case_lines(report.outcomes[0].summary) + lines[-1:] + ([look] if look else [])
     for line in lines:
         click.echo(line)
     if report.exit_code:

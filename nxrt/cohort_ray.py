@@ -199,9 +199,7 @@ class _Dispatch:
                                                           max_concurrency=2)
         self.outcomes: list[CaseOutcome | None] = [None] * len(items)
         self.places: dict[Any, tuple[str, int] | Any] = {}  # actor -> ObjectRef of its (host, pid)
-        self.started = time.perf_counter()
-        self.workers = 1  # (set by run)
-        self.computed = 0  # cases this run computed (not skipped) so far
+        self.estimate = TimeLeft()  # (its parallelism set by run, to the number of workers)
         self.recorded: list[float] = []  # what the finished cases it skipped took when they were made
 
     def _new_worker(self):
@@ -212,7 +210,7 @@ class _Dispatch:
     def run(self) -> list[CaseOutcome]:
         total_cpus = int(self.ray.cluster_resources().get("CPU", 1))
         count = self.runner.workers or max(1, total_cpus // self.runner.cpus)
-        self.workers = min(count, len(self.items))
+        self.estimate.parallel = max(1, min(count, len(self.items)))
         idle = [self._new_worker() for _ in range(min(count, len(self.items)))]
         pending = deque(range(len(self.items)))
         running: dict[Any, tuple[int, Any, str]] = {}
@@ -311,18 +309,13 @@ class _Dispatch:
         self.outcomes[index] = outcome
         if outcome.recorded_seconds is not None:
             self.recorded.append(outcome.recorded_seconds)
-        elif not outcome.status.startswith("skipped"):
-            self.computed += 1
+        elif outcome.status == "ok":  # (a worker's time on the case, loading to commit)
+            self.estimate.add(outcome.seconds)
         if self.progress is not None:
             done = sum(o is not None for o in self.outcomes)
             failed = sum(o is not None and o.failed for o in self.outcomes)
-            left = None
-            if done < len(self.outcomes):  # the cluster's rate so far (skipped cases cost nothing), else the
-                # finished cases' recorded time spread over the workers (a resumed run's first estimate)
-                estimate = TimeLeft(1 if self.computed else self.workers)
-                if self.computed:
-                    estimate.add((time.perf_counter() - self.started) / self.computed)
-                left = estimate.seconds(len(self.outcomes) - done, self.recorded)
+            left = self.estimate.seconds(len(self.outcomes) - done, self.recorded) if done < len(self.outcomes) \
+                else None
             status = "FAILED" if outcome.failed else outcome.status  # (its reason is said once, in the table)
             self.progress(done, len(self.outcomes), outcome.name,
                           f"{status} ({done - failed} done, {failed} failed, {running} running)", left)

@@ -57,16 +57,16 @@ def method_lines(summary: dict, width: int = 22) -> list[str]:
     return lines
 
 
-def case_lines(summary: dict, folder: Path) -> list[str]:
-    """Every line: prediction, explained score, one per method, then where to look first."""
-    lines = [prediction_line(summary)]
+def case_lines(summary: dict) -> list[str]:
+    """Prediction, explained score, one line per method."""
     explained = explained_line(summary)
-    if explained:
-        lines.append(explained)
-    lines += method_lines(summary)
-    if (Path(folder) / "overview.png").exists():
-        lines.append(f"look first at {Path(folder) / 'overview.png'}")
-    return lines
+    return [prediction_line(summary), *([explained] if explained else []), *method_lines(summary)]
+
+
+def look_first(folder: Path) -> str | None:
+    """Where to look first: the case's overview figure, when it was written."""
+    figure = Path(folder) / "overview.png"
+    return f"look first at {figure}" if figure.exists() else None
 
 
 def _label_names(summary: dict, n: int) -> list[str]:

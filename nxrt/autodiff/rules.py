@@ -800,7 +800,8 @@ def _normalised_backward(ctx, g: str, xhat: str, invstd: str, axes, sizes) -> st
     return ctx.op("Mul", inner, invstd)
 
 
-def _standardise(ctx, x: str, axes, sizes, eps: float) -> tuple[str, str]:
+def standardise(ctx, x: str, axes, sizes, eps: float) -> tuple[str, str]:
+    """(x - mean) / sqrt(var + eps) over `axes` with the staged means of `mean_over`, and 1/sqrt(var + eps)."""
     mean = mean_over(ctx, x, axes, sizes)
     centred = ctx.op("Sub", x, mean)
     var = mean_over(ctx, ctx.op("Mul", centred, centred), axes, sizes)
@@ -844,7 +845,7 @@ def _layer_norm(ctx, node, gy):
     axis = attr(node, "axis", -1) % rank
     axes = list(range(axis, rank))
     sizes = list((ctx.info.shape(x) or [None] * rank)[axis:])
-    xhat, invstd = _standardise(ctx, x, axes, sizes, attr(node, "epsilon", 1e-5))
+    xhat, invstd = standardise(ctx, x, axes, sizes, attr(node, "epsilon", 1e-5))
     gs = ctx.op("Mul", gy[0], scale)
     return [_normalised_backward(ctx, gs, xhat, invstd, axes, sizes)] + [None] * (len(node.input) - 1)
 
@@ -868,7 +869,7 @@ def _group_norm(ctx, node, gy):
             [channels // groups, *spatial]
     else:
         grouped, axes, sizes = ctx.ints([0, groups, -1]), [2], [None]
-    xhat, invstd = _standardise(ctx, ctx.op("Reshape", x, grouped), axes, sizes, attr(node, "epsilon", 1e-5))
+    xhat, invstd = standardise(ctx, ctx.op("Reshape", x, grouped), axes, sizes, attr(node, "epsilon", 1e-5))
     dx = _normalised_backward(ctx, ctx.op("Reshape", gs, grouped), xhat, invstd, axes, sizes)
     return [ctx.reshape_like(dx, x), None, None]
 

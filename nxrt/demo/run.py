@@ -57,6 +57,7 @@ def write_demo_case(folder: Path) -> Path:
 def run_demo(out: Path, overwrite: bool = False) -> dict[str, Path]:
     from ..cohort import CaseJob, CaseRequest
     from ..explainer import Explainer
+    from ..findings import look_first
     from ..imaging.cases import load_case
     from ..imaging.writer import atomic_path
 
@@ -91,7 +92,7 @@ def run_demo(out: Path, overwrite: bool = False) -> dict[str, Path]:
     click.echo(f"wrote {out}/grader/{CASE}/ and {out}/segmenter/{CASE}/ (NIfTI maps, prediction, overview.png, "
                f"summary.json); the case is in {case_dir}/, the models in {models}/")
     for path in results.values():
-        click.echo(f"look first at {path / 'overview.png'}")
+        click.echo(look_first(path))
     return results
 
 
