@@ -192,7 +192,7 @@ def _expose_explained(model: onnx.ModelProto, spec: ScoreSpec) -> list[str]:
 def augment(model: str | os.PathLike | onnx.ModelProto, wrt: Sequence[str] = (INPUT_ALIAS,),
             layers: Sequence[str] = (), guided: bool = False, target=None, *,
             score: ScoreSpec | None = None, guided_ops: Sequence[str] = ("Relu",),
-            check: bool = True) -> onnx.ModelProto:
+            check: bool = True, maxpool: str = "indices") -> onnx.ModelProto:
     """Return a copy of `model` that also computes gradients of its scores, in standard ONNX.
 
     wrt: tensors to differentiate with respect to ("input" = every float graph input).
@@ -202,6 +202,10 @@ def augment(model: str | os.PathLike | onnx.ModelProto, wrt: Sequence[str] = (IN
     (summed) one-hot seed in, so the model computes the gradient of that class score alone.
     score: the ScoreSpec (task, layout, output, logits, region); None = from the model card,
     classification when the card is silent and the output has rank 2, else segmentation.
+    maxpool: how MaxPool's gradient finds each window's maximum: "indices" (the MaxPool's own
+    Indices output; fastest on onnxruntime) or "equality" (the first position equal to the window's
+    maximum; for OpenVINO, which runs MaxPool-with-indices in a slow reference kernel). Both
+    give torch's gradient, ties included.
     The result passes onnx.checker (full check) and runs on onnxruntime's CPU provider.
     """
     work = prepare(model)
@@ -235,7 +239,8 @@ def augment(model: str | os.PathLike | onnx.ModelProto, wrt: Sequence[str] = (IN
     b.flush()
     wanted = wrt_names + [n for n in layer_names if n not in wrt_names]
     blocked = zero_gradient_nodes(work.graph, scores, wanted)  # (before the gradient nodes exist)
-    grads = add_gradients(work, scores, seed, wanted, guided=guided, guided_ops=guided_ops, info=info)
+    grads = add_gradients(work, scores, seed, wanted, guided=guided, guided_ops=guided_ops, info=info,
+                          maxpool=maxpool)
     if blocked:  # the sessions report it with every explanation (Explanation.warnings)
         entry = work.metadata_props.add()
         entry.key, entry.value = ZERO_GRADIENT_KEY, "; ".join(node_label(n) for n in blocked)

@@ -123,13 +123,14 @@ class ModelSessions:
 
     def _options(self, kind: str, sample_shape: tuple, spec: passes.ScoreSpec) -> dict:
         return {"kind": kind, "sample_shape": [int(d) for d in sample_shape], "score": list(spec.key()),
-                "batch": self.fixed_batch(sample_shape)}
+                "batch": self.fixed_batch(sample_shape), "maxpool": self.pool.maxpool_gradient}
 
     def _augmented(self, sample_shape: tuple, spec: passes.ScoreSpec, options: dict) -> Built:
         def build():
             self.graphs_built += 1
             return passes.augment(self._fixed(sample_shape), wrt=tuple(options["wrt"]),
-                                  layers=tuple(options.get("layers", ())), guided=options["guided"], score=spec)
+                                  layers=tuple(options.get("layers", ())), guided=options["guided"], score=spec,
+                                  maxpool=options["maxpool"])
 
         aug, entry = cached_entry(self.model.digest, options, build) if self.disk_cache else (build(), None)
         batch = auto_batch_size(aug, self.pool.max_memory)  # the gradient graph's own activation sizes

@@ -31,14 +31,14 @@ def make_model(nodes, inputs: dict[str, np.ndarray], output: str, initializers: 
 
 
 def nxrt_vjp(model: onnx.ModelProto, inputs: dict[str, np.ndarray], wrt: list[str], seed: np.ndarray,
-             guided: bool = False) -> dict[str, np.ndarray]:
+             guided: bool = False, maxpool: str = "indices") -> dict[str, np.ndarray]:
     """Gradients of <output, seed> w.r.t. `wrt`, computed by the augmented graph on onnxruntime."""
     work = onnx.ModelProto()
     work.CopyFrom(model)
     work = infer_shapes(work)
     out = work.graph.output[0].name
     work.graph.input.append(helper.make_tensor_value_info("seed", TensorProto.FLOAT, list(seed.shape)))
-    grads = add_gradients(work, out, "seed", wrt, guided=guided, info=GraphInfo(work))
+    grads = add_gradients(work, out, "seed", wrt, guided=guided, info=GraphInfo(work), maxpool=maxpool)
     for t in wrt:
         work.graph.node.append(helper.make_node("Identity", [grads[t]], [f"grad_{t}"]))
         work.graph.output.append(helper.make_tensor_value_info(f"grad_{t}", TensorProto.FLOAT, None))

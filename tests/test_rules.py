@@ -92,6 +92,10 @@ CASES = [
          {"x": r(1, 2, 8, 8)}),
     case("maxpool2d_dilated", [n("MaxPool", ["x"], kernel_shape=[2, 2], dilations=[2, 2])], {"x": r(1, 1, 6, 6)}),
     case("maxpool3d", [n("MaxPool", ["x"], kernel_shape=[2, 2, 2], strides=[2, 2, 2])], {"x": r(1, 2, 4, 4, 4)}),
+    case("maxpool3d_floor_odd", [n("MaxPool", ["x"], kernel_shape=[2, 3, 2], strides=[2, 2, 1], pads=[0, 1, 0, 0, 0, 1])],
+         {"x": r(1, 2, 5, 6, 3)}),  # the last row of the odd axis is in no window
+    case("maxpool2d_kernel_below_stride", [n("MaxPool", ["x"], kernel_shape=[2, 1], strides=[3, 2])],
+         {"x": r(1, 2, 8, 7)}),  # positions no window reaches
     case("maxpool1d_same", [n("MaxPool", ["x"], kernel_shape=[3], auto_pad="SAME_UPPER")], {"x": r(2, 2, 7)},
          forward=np_maxpool1d_same3),
     case("avgpool2d_excl_pad", [n("AveragePool", ["x"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])],
@@ -276,14 +280,19 @@ CASES += [
 ]
 
 
-@pytest.mark.parametrize("nodes, inputs, wrt, inits, opset, output, eps, tol, forward", CASES)
-def test_rule_matches_finite_differences(nodes, inputs, wrt, inits, opset, output, eps, tol, forward):
+#: MaxPool's second rule (equality with the window's maximum, what OpenVINO sessions use)
+MAXPOOL_CASES = [pytest.param(*c.values, id=f"{c.id}_by_equality") for c in CASES if c.id.startswith("maxpool")]
+
+
+@pytest.mark.parametrize("nodes, inputs, wrt, inits, opset, output, eps, tol, forward", CASES + MAXPOOL_CASES)
+def test_rule_matches_finite_differences(request, nodes, inputs, wrt, inits, opset, output, eps, tol, forward):
     model = make_model(nodes, inputs, output, inits, opset=opset)
     if forward == "ort":
         forward = ort_forward(model)
     y = (forward or reference_forward(model))({k: v.copy() for k, v in inputs.items()})
     seed = rng.standard_normal(y.shape).astype(np.float32)
-    got = nxrt_vjp(model, inputs, wrt, seed)
+    maxpool = "equality" if request.node.callspec.id.endswith("_by_equality") else "indices"
+    got = nxrt_vjp(model, inputs, wrt, seed, maxpool=maxpool)
     want = fd_vjp(model, inputs, wrt, seed, eps=eps, forward=forward)
     for name in wrt:
         assert got[name].shape == inputs[name].shape

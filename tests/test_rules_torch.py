@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from onnx import helper
 
 from tests.oracles import make_model, nxrt_vjp
 
 
-def test_maxpool_ties_route_to_the_first_maximum_like_torch():
+@pytest.mark.parametrize("maxpool", ["indices", "equality"])
+def test_maxpool_ties_route_to_the_first_maximum_like_torch(maxpool):
     # integer-valued input: overlapping windows full of ties; finite differences are undefined here
     x = np.random.default_rng(0).integers(0, 3, (2, 3, 9, 9)).astype(np.float32)
     model = make_model([helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[3, 3], strides=[2, 2],
                                          pads=[1, 1, 1, 1])], {"x": x}, "y")
     seed = np.random.default_rng(1).standard_normal((2, 3, 5, 5)).astype(np.float32)
-    got = nxrt_vjp(model, {"x": x}, ["x"], seed)["x"]
+    got = nxrt_vjp(model, {"x": x}, ["x"], seed, maxpool=maxpool)["x"]
     xt = torch.tensor(x, requires_grad=True)
     (torch.nn.functional.max_pool2d(xt, 3, 2, padding=1) * torch.tensor(seed)).sum().backward()
     np.testing.assert_allclose(got, xt.grad.numpy(), rtol=1e-6, atol=1e-6)

@@ -96,8 +96,12 @@ def _listed(nodes: Sequence[onnx.NodeProto], most: int = 4) -> str:
     return ", ".join(node_label(n) for n in nodes[:most]) + more
 
 
-def rule_table(guided: bool, guided_ops: Sequence[str] = ("Relu",)) -> dict[str, Rule]:
-    table = dict(RULES)
+def rule_table(guided: bool, guided_ops: Sequence[str] = ("Relu",), maxpool: str = "indices") -> dict[str, Rule]:
+    from .rules import MAXPOOL_RULES
+
+    if maxpool not in MAXPOOL_RULES:
+        raise ValueError(f"maxpool={maxpool!r}: choose from {', '.join(MAXPOOL_RULES)}")
+    table = {**RULES, "MaxPool": MAXPOOL_RULES[maxpool]}
     if guided:
         from .rules import guided_rule_for
 
@@ -110,7 +114,7 @@ def rule_table(guided: bool, guided_ops: Sequence[str] = ("Relu",)) -> dict[str,
 
 def add_gradients(model: onnx.ModelProto, score: str, seed: str, wrt: Sequence[str],
                   guided: bool = False, guided_ops: Sequence[str] = ("Relu",),
-                  info: GraphInfo | None = None) -> dict[str, str]:
+                  info: GraphInfo | None = None, maxpool: str = "indices") -> dict[str, str]:
     """Append to `model` (in place) the nodes computing d<score, seed>/d t for every t in `wrt`.
 
     `model` must be shape-inferred (see `nxrt.graph.infer_shapes`); `seed` names a tensor
@@ -119,7 +123,7 @@ def add_gradients(model: onnx.ModelProto, score: str, seed: str, wrt: Sequence[s
     """
     graph = model.graph
     info = info or GraphInfo(model)
-    table = rule_table(guided, guided_ops)
+    table = rule_table(guided, guided_ops, maxpool)
     nodes, active = _differentiable_nodes(graph, info, score, wrt)
     check_supported(nodes, table)
     blocked = zero_gradient_nodes(graph, score, wrt)

@@ -8,7 +8,8 @@ output (None where no gradient reaches it) and the rule returns one entry per no
 
 Recipes and why they were chosen are in DESIGN.md §4; the notable speed choices:
 masks are applied as `g * Cast(mask)` (Where is ~10x slower in onnxruntime), stride-1 Conv
-gradients are Convs with flipped weights, MaxPool uses its own Indices output.
+gradients are Convs with flipped weights, MaxPool uses its own Indices output (or, for OpenVINO,
+equality with each window's maximum: `MAXPOOL_RULES`).
 """
 
 from __future__ import annotations
@@ -626,6 +627,99 @@ def _conv_transpose(ctx, node, gy):
 def _max_pool(ctx, node, gy):
     if attr(node, "storage_order", 0):
         raise unsupported(node, "storage_order=1 (column-major indices)")
+    return [_max_pool_by_indices(ctx, node, gy[0])]
+
+
+def _max_pool_by_equality(ctx, node, gy):
+    """MaxPool's gradient without its Indices output: each window's gradient goes to the first
+    position (row-major) equal to the window's maximum. OpenVINO runs MaxPool-with-indices in a
+    slow reference kernel (0.34 s of ResNet50's 0.50 s gradient); onnxruntime is faster with indices."""
+    if attr(node, "storage_order", 0):
+        raise unsupported(node, "storage_order=1 (column-major indices)")
+    x, y = node.input[0], node.output[0]
+    in_shape, out_shape = ctx.info.shape(x), ctx.info.shape(y)
+    if in_shape is None or out_shape is None or any(not isinstance(d, int) for d in [*in_shape[1:], *out_shape[2:]]):
+        return [_max_pool_by_indices(ctx, node, gy[0])]
+    kernel = attr(node, "kernel_shape")
+    n = len(kernel)
+    strides = attr(node, "strides") or [1] * n
+    dilations = attr(node, "dilations") or [1] * n
+    in_shape, out_shape, channels = list(in_shape[2:]), list(out_shape[2:]), in_shape[1]
+    pb, _ = spatial_pads(node, in_shape, kernel, strides, dilations)
+    natural = [(m - 1) * s + (k - 1) * d + 1 for m, s, k, d in zip(out_shape, strides, kernel, dilations, strict=True)]
+    # -inf never wins a window; the end is padded (or not) to exactly what the windows read
+    end = [max(0, L - b - i) for L, b, i in zip(natural, pb, in_shape, strict=True)]
+    padded = ctx.op("Pad", x, ctx.ints([0, 0, *pb, 0, 0, *end]), ctx.const(np.float32(-np.inf)))
+    axes = list(range(2, 2 + n))
+    offsets = list(np.ndindex(*kernel))
+    taken, routed = None, {}
+    for offset in offsets:  # row-major over the window: ties go to the first maximum, like torch and onnxruntime
+        begin = [o * d for o, d in zip(offset, dilations, strict=True)]
+        seen = ctx.op("Slice", padded, ctx.ints(begin), ctx.ints([b + (m - 1) * s + 1 for b, m, s in
+                                                                   zip(begin, out_shape, strides, strict=True)]),
+                      ctx.ints(axes), ctx.ints(strides))
+        hit = ctx.op("Equal", seen, y)
+        first = hit if taken is None else ctx.op("And", hit, ctx.op("Not", taken))
+        taken = hit if taken is None else ctx.op("Or", taken, hit)
+        routed[tuple(begin)] = ctx.op("Mul", gy[0], mask(ctx, first))
+    return [_place_windows(ctx, routed, strides, pb, in_shape, out_shape)]
+
+
+
+def _place_windows(ctx, routed: dict, strides, pb, in_shape, out_shape) -> str:
+    """The input's gradient from per-offset window gradients: routed[(p_1, ..)] (shaped like the
+    pooled output) lands on padded position o * stride + p. Done with shifts and adds per residue
+    of p modulo the stride, then one interleave, no convolution: OpenVINO's grouped ConvTranspose
+    for ResNet50's stem took 16 ms of a 0.20 s gradient."""
+    n = len(strides)
+    shifts = {p: [b // s for b, s in zip(p, strides, strict=True)] for p in routed}
+    size = [m + max(q[i] for q in shifts.values()) for i, m in enumerate(out_shape)]
+    classes: dict[tuple, str] = {}
+    for p, g in routed.items():  # a zero-padded shift by p // stride, summed per residue p % stride
+        q = shifts[p]
+        placed = ctx.op("Pad", g, ctx.ints([0, 0, *q, 0, 0, *[M - m - k for M, m, k in zip(size, out_shape, q, strict=True)]]))
+        residue = tuple(b % s for b, s in zip(p, strides, strict=True))
+        classes[residue] = ctx.op("Add", classes[residue], placed) if residue in classes else placed
+    some = next(iter(classes.values()))
+    # (N, C, M_1, 1, M_2, 1, ...) per residue, concatenated along the unit axes, is the interleave
+    spread = [0, 0, *[v for M in size for v in (M, 1)]]
+    cells = {r: ctx.op("Reshape", t, ctx.ints(spread)) for r, t in classes.items()}
+    zero = None
+    for axis in reversed(range(n)):  # merge the residues of the last spatial axis first
+        merged = {}
+        for r in {r[:axis] for r in np.ndindex(*strides)}:
+            parts = []
+            for k in range(strides[axis]):
+                key = (*r, k)
+                if key not in cells:  # a residue no window offset reaches (kernel smaller than the stride)
+                    if zero is None:
+                        zero = ctx.op("Mul", ctx.op("Reshape", some, ctx.ints(spread)), ctx.const(np.float32(0.0)))
+                    cells[key] = _zero_cell(ctx, zero, strides, axis + 1)
+                parts.append(cells[key])
+            merged[r] = parts[0] if len(parts) == 1 else ctx.op("Concat", *parts, axis=3 + 2 * axis)
+        cells = merged
+    full = ctx.op("Reshape", cells[()], ctx.ints([0, 0, *[M * s for M, s in zip(size, strides, strict=True)]]))
+    short = [max(0, b + i - M * s) for b, i, M, s in zip(pb, in_shape, size, strides, strict=True)]
+    if any(short):  # the windows stop before the input's end (floor mode): those inputs get zero
+        full = ctx.op("Pad", full, ctx.ints([0, 0] + [0] * n + [0, 0] + short))
+    return slice_spatial(ctx, full, pb, in_shape)
+
+
+def _zero_cell(ctx, zero: str, strides, merged_from: int) -> str:
+    """Zeros shaped like a cell whose axes from `merged_from` on are already interleaved."""
+    out = zero
+    for axis in range(merged_from, len(strides)):
+        if strides[axis] > 1:
+            out = ctx.op("Concat", *[out] * strides[axis], axis=3 + 2 * axis)
+    return out
+
+
+#: how MaxPool's gradient finds each window's maximum (`nxrt.augment(maxpool=...)`)
+MAXPOOL_RULES: dict[str, Rule] = {"indices": _max_pool, "equality": _max_pool_by_equality}
+
+
+def _max_pool_by_indices(ctx, node, g: str) -> str:
+    """MaxPool's gradient through its own Indices output (when the shapes are not static)."""
     x = node.input[0]
     if len(node.output) < 2 or not node.output[1]:
         # ask the forward MaxPool for the argmax of every window (exact for overlapping windows)
@@ -636,8 +730,23 @@ def _max_pool(ctx, node, gy):
     flat = ctx.op("ConstantOfShape", ctx.op("Reshape", ctx.op("Size", x), ctx.ints([1])),
                   value=helper.make_tensor("zero", FLOAT, [1], [0.0]))
     scattered = ctx.op("ScatterElements", flat, ctx.op("Reshape", indices, ctx.ints([-1])),
-                       ctx.op("Reshape", gy[0], ctx.ints([-1])), axis=0, reduction="add")
-    return [ctx.reshape_like(scattered, x)]
+                       ctx.op("Reshape", g, ctx.ints([-1])), axis=0, reduction="add")
+    return ctx.reshape_like(scattered, x)
+
+
+def _windows_to_input(ctx, g: str, weights: str, groups: int, kernel, strides, dilations, pb, in_shape,
+                      out_shape) -> str:
+    """Each pooling window's gradient `g` spread over the window by `weights` (a grouped
+    ConvTranspose), cropped to the input: the common tail of the pooling rules."""
+    n = len(kernel)
+    # zero-pad ConvTranspose covers the padded input (and windows past its end under ceil_mode)
+    full = ctx.op("ConvTranspose", g, weights, strides=strides, dilations=dilations, group=groups,
+                  kernel_shape=list(kernel), pads=[0] * (2 * n))
+    natural = [(m - 1) * s + (k - 1) * d + 1 for m, s, k, d in zip(out_shape, strides, kernel, dilations, strict=True)]
+    short = [max(0, b + i - L) for b, i, L in zip(pb, in_shape, natural, strict=True)]
+    if any(short):  # windows stop before the input's end (floor mode): those inputs get zero
+        full = ctx.op("Pad", full, ctx.ints([0, 0] + [0] * n + [0, 0] + short))
+    return slice_spatial(ctx, full, pb, in_shape)
 
 
 def _pool_divisor(in_shape, kernel, strides, dilations, pb, pe, out_shape, include_pad) -> np.ndarray:
@@ -673,14 +782,7 @@ def _average_pool(ctx, node, gy):
                       attr(node, "count_include_pad", 0))
     scaled = ctx.op("Mul", gy[0], ctx.const(r, hint="pool_divisor"))
     ones = ctx.const(np.ones([channels, 1, *kernel], np.float32), hint="pool_ones")
-    # zero-pad ConvTranspose covers the padded input (and windows past its end under ceil_mode)
-    full = ctx.op("ConvTranspose", scaled, ones, strides=strides, dilations=dilations, group=channels,
-                  kernel_shape=list(kernel), pads=[0] * (2 * n))
-    natural = [(m - 1) * s + (k - 1) * d + 1 for m, s, k, d in zip(out_shape, strides, kernel, dilations, strict=True)]
-    short = [max(0, b + i - L) for b, i, L in zip(pb, in_shape, natural, strict=True)]
-    if any(short):  # windows stop before the input's end (floor mode): those inputs get zero
-        full = ctx.op("Pad", full, ctx.ints([0, 0] + [0] * n + [0, 0] + short))
-    return [slice_spatial(ctx, full, pb, in_shape)]
+    return [_windows_to_input(ctx, scaled, ones, channels, kernel, strides, dilations, pb, in_shape, out_shape)]
 
 
 @vjp("GlobalAveragePool")
