@@ -92,7 +92,8 @@ CASES = [
          {"x": r(1, 2, 8, 8)}),
     case("maxpool2d_dilated", [n("MaxPool", ["x"], kernel_shape=[2, 2], dilations=[2, 2])], {"x": r(1, 1, 6, 6)}),
     case("maxpool3d", [n("MaxPool", ["x"], kernel_shape=[2, 2, 2], strides=[2, 2, 2])], {"x": r(1, 2, 4, 4, 4)}),
-    case("maxpool3d_floor_odd", [n("MaxPool", ["x"], kernel_shape=[2, 3, 2], strides=[2, 2, 1], pads=[0, 1, 0, 0, 0, 1])],
+    case("maxpool3d_floor_odd", [n("MaxPool", ["x"], kernel_shape=[2, 3, 2], strides=[2, 2, 1],
+                                   pads=[0, 1, 0, 0, 0, 1])],
          {"x": r(1, 2, 5, 6, 3)}),  # the last row of the odd axis is in no window
     case("maxpool2d_kernel_below_stride", [n("MaxPool", ["x"], kernel_shape=[2, 1], strides=[3, 2])],
          {"x": r(1, 2, 8, 7)}),  # positions no window reaches

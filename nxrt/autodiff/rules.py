@@ -638,13 +638,13 @@ def _max_pool_by_equality(ctx, node, gy):
         raise unsupported(node, "storage_order=1 (column-major indices)")
     x, y = node.input[0], node.output[0]
     in_shape, out_shape = ctx.info.shape(x), ctx.info.shape(y)
-    if in_shape is None or out_shape is None or any(not isinstance(d, int) for d in [*in_shape[1:], *out_shape[2:]]):
+    if in_shape is None or out_shape is None or any(not isinstance(d, int) for d in [*in_shape[2:], *out_shape[2:]]):
         return [_max_pool_by_indices(ctx, node, gy[0])]
     kernel = attr(node, "kernel_shape")
     n = len(kernel)
     strides = attr(node, "strides") or [1] * n
     dilations = attr(node, "dilations") or [1] * n
-    in_shape, out_shape, channels = list(in_shape[2:]), list(out_shape[2:]), in_shape[1]
+    in_shape, out_shape = list(in_shape[2:]), list(out_shape[2:])
     pb, _ = spatial_pads(node, in_shape, kernel, strides, dilations)
     natural = [(m - 1) * s + (k - 1) * d + 1 for m, s, k, d in zip(out_shape, strides, kernel, dilations, strict=True)]
     # -inf never wins a window; the end is padded (or not) to exactly what the windows read
@@ -677,7 +677,8 @@ def _place_windows(ctx, routed: dict, strides, pb, in_shape, out_shape) -> str:
     classes: dict[tuple, str] = {}
     for p, g in routed.items():  # a zero-padded shift by p // stride, summed per residue p % stride
         q = shifts[p]
-        placed = ctx.op("Pad", g, ctx.ints([0, 0, *q, 0, 0, *[M - m - k for M, m, k in zip(size, out_shape, q, strict=True)]]))
+        after = [M - m - k for M, m, k in zip(size, out_shape, q, strict=True)]
+        placed = ctx.op("Pad", g, ctx.ints([0, 0, *q, 0, 0, *after]))
         residue = tuple(b % s for b, s in zip(p, strides, strict=True))
         classes[residue] = ctx.op("Add", classes[residue], placed) if residue in classes else placed
     some = next(iter(classes.values()))
@@ -734,21 +735,6 @@ def _max_pool_by_indices(ctx, node, g: str) -> str:
     return ctx.reshape_like(scattered, x)
 
 
-def _windows_to_input(ctx, g: str, weights: str, groups: int, kernel, strides, dilations, pb, in_shape,
-                      out_shape) -> str:
-    """Each pooling window's gradient `g` spread over the window by `weights` (a grouped
-    ConvTranspose), cropped to the input: the common tail of the pooling rules."""
-    n = len(kernel)
-    # zero-pad ConvTranspose covers the padded input (and windows past its end under ceil_mode)
-    full = ctx.op("ConvTranspose", g, weights, strides=strides, dilations=dilations, group=groups,
-                  kernel_shape=list(kernel), pads=[0] * (2 * n))
-    natural = [(m - 1) * s + (k - 1) * d + 1 for m, s, k, d in zip(out_shape, strides, kernel, dilations, strict=True)]
-    short = [max(0, b + i - L) for b, i, L in zip(pb, in_shape, natural, strict=True)]
-    if any(short):  # windows stop before the input's end (floor mode): those inputs get zero
-        full = ctx.op("Pad", full, ctx.ints([0, 0] + [0] * n + [0, 0] + short))
-    return slice_spatial(ctx, full, pb, in_shape)
-
-
 def _pool_divisor(in_shape, kernel, strides, dilations, pb, pe, out_shape, include_pad) -> np.ndarray:
     """1/divisor of every AveragePool output position, as onnxruntime counts it."""
     factors = []
@@ -782,7 +768,14 @@ def _average_pool(ctx, node, gy):
                       attr(node, "count_include_pad", 0))
     scaled = ctx.op("Mul", gy[0], ctx.const(r, hint="pool_divisor"))
     ones = ctx.const(np.ones([channels, 1, *kernel], np.float32), hint="pool_ones")
-    return [_windows_to_input(ctx, scaled, ones, channels, kernel, strides, dilations, pb, in_shape, out_shape)]
+    # zero-pad ConvTranspose covers the padded input (and windows past its end under ceil_mode)
+    full = ctx.op("ConvTranspose", scaled, ones, strides=strides, dilations=dilations, group=channels,
+                  kernel_shape=list(kernel), pads=[0] * (2 * n))
+    natural = [(m - 1) * s + (k - 1) * d + 1 for m, s, k, d in zip(out_shape, strides, kernel, dilations, strict=True)]
+    short = [max(0, b + i - L) for b, i, L in zip(pb, in_shape, natural, strict=True)]
+    if any(short):  # windows stop before the input's end (floor mode): those inputs get zero
+        full = ctx.op("Pad", full, ctx.ints([0, 0] + [0] * n + [0, 0] + short))
+    return [slice_spatial(ctx, full, pb, in_shape)]
 
 
 @vjp("GlobalAveragePool")
