@@ -271,9 +271,15 @@ def _import_nibabel() -> None:
               help="With --ray: how many workers (default: the cluster's CPUs / --ray-cpus).")
 @click.option("--ray-cpus", type=click.IntRange(min=1), default=1, show_default=True,
               help="With --ray: CPUs (and onnxruntime threads) per worker.")
+@click.option("--colormap", type=click.Choice(["ember", "jet"]), default="ember", show_default=True,
+              help="Colour map of the figures: ember (perceptually uniform) or jet (the NeuroXAI paper's).")
+@click.option("--convention", type=click.Choice(["neurological", "radiological"]), default="neurological",
+              show_default=True, help="Figures: the patient's right on the picture's right (neurological) or left.")
+@click.option("--per-modality", is_flag=True,
+              help="overview.png: one column per method and input channel, each over its own scan.")
 def explain(model, cases, methods, targets, out, assignments, channels, region, layer, steps, samples, noise, rule,
             interpolation, task, layout, provider, batch_size, max_memory, slice_spec, resample, overwrite, resume,
-            evaluating, metric_names, mask, ray_address, ray_workers, ray_cpus):
+            evaluating, metric_names, mask, ray_address, ray_workers, ray_cpus, colormap, convention, per_modality):
     """Explain MODEL on each CASE and write maps that overlay the scan.
 
     A CASE is a 4D NIfTI (channels last), a BraTS case folder or file prefix (2021 or 2023 names), or
@@ -284,11 +290,13 @@ def explain(model, cases, methods, targets, out, assignments, channels, region, 
     """
     _explain(model, cases, methods, targets, out, assignments, channels, region, layer, steps, samples, noise,
              rule, interpolation, task, layout, provider, batch_size, max_memory, slice_spec, resample, overwrite,
-             resume, evaluating or bool(metric_names), metric_names, mask, ray_address, ray_workers, ray_cpus)
+             resume, evaluating or bool(metric_names), metric_names, mask, ray_address, ray_workers, ray_cpus,
+             {"colormap": colormap, "convention": convention, "per_modality": per_modality})
 
 
-def _evaluate_command(**kwargs):
-    _explain(**{**kwargs, "evaluating": True})
+def _evaluate_command(colormap, convention, per_modality, **kwargs):
+    _explain(**{**kwargs, "evaluating": True},
+             figure={"colormap": colormap, "convention": convention, "per_modality": per_modality})
 
 
 main.add_command(click.Command(
@@ -302,7 +310,7 @@ main.add_command(click.Command(
 
 def _explain(model, cases, methods, targets, out, assignments, channels, region, layer, steps, samples, noise, rule,
              interpolation, task, layout, provider, batch_size, max_memory, slice_spec, resample, overwrite, resume,
-             evaluating, metric_names, mask, ray_address=None, ray_workers=None, ray_cpus=1):
+             evaluating, metric_names, mask, ray_address=None, ray_workers=None, ray_cpus=1, figure=None):
     import threading
 
     # While onnx and the model load: nibabel (0.13 s to import) is imported and the first case's
@@ -316,6 +324,7 @@ def _explain(model, cases, methods, targets, out, assignments, channels, region,
     from .errors import InputError
     from .evaluation.metric import get_metric, split_cli_params
     from .explainer import Explainer
+    from .imaging.outputs import default_outputs
     from .registry import canonical, params_from_cli
 
     methods = canonical(list(methods) or ["vanilla", "gradcam"])  # unknown methods fail before any work
@@ -369,7 +378,7 @@ def _explain(model, cases, methods, targets, out, assignments, channels, region,
     request = CaseRequest(methods, target=target, region=regions.from_cli(region), params=params,
                           slice_spec=slice_spec, resample=resample or None, overwrite=overwrite, resume=resume,
                           channel_files=channel_files or None, warn=warn, metrics=metrics,
-                          metric_params=metric_params, mask=mask)
+                          metric_params=metric_params, mask=mask, outputs=default_outputs(**(figure or {})))
 
     def progress(k, n, name, method, left):
         if cohort and held:  # said once the work starts (refusals before it stay one line)
@@ -505,9 +514,15 @@ def inspect(model: Path) -> None:
               show_default=True)
 @click.option("--slice", "slice_spec", default=None, metavar="ORIENTATION[:INDEX]",
               help="A 2D model on a 3D case: the slice to explain (as for explain).")
+@click.option("--colormap", type=click.Choice(["ember", "jet"]), default="ember", show_default=True,
+              help="Colour map: ember (perceptually uniform) or jet (the NeuroXAI paper's).")
+@click.option("--convention", type=click.Choice(["neurological", "radiological"]), default="neurological",
+              show_default=True, help="The patient's right on the picture's right (neurological) or left.")
 @click.option("--overwrite", is_flag=True)
-def layers(model, case, out, targets, orientation, slice_spec, overwrite):
+def layers(model, case, out, targets, orientation, slice_spec, colormap, convention, overwrite):
     """Grad-CAM at every Conv layer of MODEL on CASE, one panel per layer (the paper's Fig. 5)."""
+    import numpy as np
+
     from .errors import InputError
     from .explainer import Explainer
     from .imaging import figures
@@ -515,7 +530,7 @@ def layers(model, case, out, targets, orientation, slice_spec, overwrite):
     from .imaging.inputs import centre_of_mass, model_input, model_spatial_rank
     from .imaging.orientation import view_of_axis
     from .imaging.preprocess import to_image_channels_last
-    from .postprocess import display_map
+    from .postprocess import display_map, display_scale
 
     ex = Explainer(model)
     c = load_case(case, channels=ex.card.channels)
@@ -537,8 +552,15 @@ def layers(model, case, out, targets, orientation, slice_spec, overwrite):
         keep = tuple(slice(slab[1], slab[1] + 1) if a == slab[0] else slice(None) for a in range(3))
         maps, background, center[slab[0]] = maps[keep], background[keep], 0
         orientation = view_of_axis(slab[0], c.affine)
+    layer_maps = [np.abs(maps[..., k]) for k in range(len(names))]
+    scales = [display_scale(m) if m.any() else 0.0 for m in layer_maps]  # what 1 stands for, per layer
     maps = [display_map(maps[..., k:k + 1], channel_axis=-1) for k in range(len(names))]
-    figures.layer_grid(out, background, maps, names, center, orientation, spacing=c.spacing, affine=c.affine)
+    label_names = ex.card.labels or []
+    target = [label_names[t] if t < len(label_names) else str(t) for t in explanation.targets[0]]
+    title = (f"{c.name}: Grad-CAM at each of {len(names)} Conv layers, target {' + '.join(target)} "
+             f"(each layer on its own scale)")
+    figures.layer_grid(out, background, maps, names, center, orientation, spacing=c.spacing, affine=c.affine,
+                       title=title, scales=scales, colormap=colormap, convention=convention)
     for line in _assumptions(ex, model):  # said after the work: an error stays the only line
         click.echo(line, err=True)
     for line in explanation.warnings:

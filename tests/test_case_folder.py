@@ -33,7 +33,7 @@ def test_a_second_run_adds_its_methods_and_keeps_the_first_runs(tmp_path, seg_on
     out = tmp_path / "out"
     assert run_cli("explain", seg_onnx, tmp_path / "c1", "-m", "gradcam", "-o", out).returncode == 0
     first = nib.load(str(out / "c1" / "gradcam.nii.gz")).get_fdata()
-    single_height = Image.open(out / "c1" / "overview.png").size[1]
+    single_width = Image.open(out / "c1" / "overview.png").size[0]
 
     res = run_cli("explain", seg_onnx, tmp_path / "c1", "-m", "vanilla", "-o", out)
     assert res.returncode == 0, res.stderr
@@ -43,7 +43,7 @@ def test_a_second_run_adds_its_methods_and_keeps_the_first_runs(tmp_path, seg_on
     s = summary(case)
     assert list(s["methods"]) == ["gradcam", "vanilla"]
     assert len(s["provenance"]["earlier_runs"]) == 1 and "gradcam" in s["provenance"]["earlier_runs"][0]["command"]
-    assert Image.open(case / "overview.png").size[1] > single_height  # both methods drawn: one more row
+    assert Image.open(case / "overview.png").size[0] > single_width  # both methods drawn: one more column
     assert not [p for p in out.iterdir() if ".partial" in p.name or ".old" in p.name]
 
     # the same method again: refused without a flag, kept by --resume, recomputed by --overwrite

@@ -282,3 +282,29 @@ def test_method_aliases_keep_their_parameters(seg_onnx, tmp_path):
     assert methods["smoothgrad"]["params"]["samples"] == 2
     bad = run_cli("explain", seg_onnx, tmp_path / "c", "-m", "ig", "--steps", "0", "-o", tmp_path / "out2")
     assert bad.returncode == 2 and "steps must be an integer >= 1" in bad.stderr
+
+
+def test_figure_options_reach_the_overview(seg_onnx, tmp_path):
+    """--per-modality draws one column per method and channel, each over its own scan;
+    --convention and --colormap change the picture (their drawing is checked in test_figures)."""
+    from PIL import Image
+
+    from nxrt.imaging import figures
+
+    write_case(tmp_path / "c1", "c1")
+
+    def overview(*options):
+        out = tmp_path / f"out{len(list(tmp_path.glob('out*')))}"
+        res = run_cli("explain", seg_onnx, tmp_path / "c1", "-m", "vanilla", "-m", "gradcam", "-o", out, *options)
+        assert res.returncode == 0, res.stderr
+        return np.asarray(Image.open(out / "c1" / "overview.png").convert("RGB")).astype(int)
+
+    plain, split = overview(), overview("--per-modality")
+    step = figures.PANEL + figures.GAP
+    # scan, vanilla, gradcam vs scan, vanilla per channel (4), gradcam (no channel axis: one column)
+    assert plain.shape[1] < 4 * step < 6 * step < split.shape[1]
+    columns = [split[:, figures.PAD + k * step: figures.PAD + k * step + figures.PANEL] for k in range(1, 5)]
+    assert all(np.abs(columns[0] - c).sum() > 0 for c in columns[1:])  # each channel over its own scan
+    radiological, jet = overview("--convention", "radiological"), overview("--colormap", "jet")
+    assert radiological.shape == plain.shape and jet.shape == plain.shape
+    assert np.abs(radiological - plain).sum() > 0 and np.abs(jet - plain).sum() > 0

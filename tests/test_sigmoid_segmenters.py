@@ -128,15 +128,16 @@ def test_the_overview_outlines_the_thresholded_prediction_when_there_is_no_true_
     from nxrt.imaging.pipeline import explain_case
 
     result = explain_case(ex, case, ["vanilla"])
-    np.testing.assert_array_equal(np.asarray(result.figure.contour), geometry.to_image(out[0] > 0.5))
+    np.testing.assert_array_equal(np.asarray(result.figure.predicted), geometry.to_image(out[0] > 0.5))
+    assert result.figure.contour is None  # no true tumour to outline
     CaseJob(ex, tmp_path / "out", CaseRequest(["vanilla"])).explain(case)()
-    # the written overview has the outline: more white pixels than the same figure drawn without it
+    # the written overview has the predicted tumour's outline: cyan pixels a figure without it lacks
     f = result.figure
     maps = {name: m.display for name, m in result.methods.items()}
     figures.overview(tmp_path / "bare.png", f.background, maps, f.center, title=f.title, contour=None,
                      spacing=case.spacing, views=f.views, affine=case.affine)
 
-    def white(png):
-        return int((np.asarray(Image.open(png).convert("RGB")) == 255).all(axis=-1).sum())
+    def outline(png):
+        return int((np.asarray(Image.open(png).convert("RGB")) == figures.PREDICTED_OUTLINE).all(axis=-1).sum())
 
-    assert white(tmp_path / "out" / "c" / "overview.png") > white(tmp_path / "bare.png") + 20
+    assert outline(tmp_path / "out" / "c" / "overview.png") > outline(tmp_path / "bare.png") + 20

@@ -97,8 +97,10 @@ def test_2d_model_explains_one_slice_of_a_3d_case(tmp_path, layout, spec, axis, 
     np.testing.assert_allclose(shown, np.minimum(magnitude, top) / top, rtol=1e-5, atol=1e-7)
     from PIL import Image
 
-    width = Image.open(d / "overview.png").size[0]
-    assert 256 < width < 2 * 256  # one column: the explained slice (the others would show one line)
+    from nxrt.imaging import figures
+
+    height = Image.open(d / "overview.png").size[1]
+    assert figures.PANEL < height < 2 * figures.PANEL  # one row: the explained slice (the others would show one line)
     for name in ("vanilla_map", "gradcam_map", "prediction"):
         vol = np.asarray(nib.load(str(d / f"{name}.nii.gz")).dataobj)
         assert vol.shape == IMAGE_GRID and not vol[off].any() and vol[~off].any(), name

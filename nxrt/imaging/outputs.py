@@ -20,6 +20,9 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
+
+from ..postprocess import display_scale
 from . import figures
 from .pipeline import CaseResult, MethodMaps
 from .writer import save_json, save_nifti
@@ -67,18 +70,51 @@ class PredictionMap(Output):
 
 
 class OverviewFigure(Output):
+    """overview.png. colormap: "ember" (perceptually uniform, the default) or "jet" (the paper's);
+    convention: "neurological" or "radiological"; per_modality: one column per method and input
+    channel, each over its own scan, all channels of a method on one scale (the 99th percentile of
+    |attribution| over every channel), instead of one column per method (|a| summed over channels)."""
+
     timing = "figure"
+
+    def __init__(self, colormap: str = "ember", convention: str = "neurological", per_modality: bool = False):
+        self.colormap, self.convention, self.per_modality = colormap, convention, per_modality
 
     def case(self, result, folder):
         f, case = result.figure, result.case
         maps = {}
         for name in result.summary.get("methods", result.methods):  # kept methods of a merged case too
             if name in result.methods:
-                maps[name] = result.methods[name].display
+                m = result.methods[name]
+                maps.update(_per_channel(name, m.raw, case) if self.per_modality else {name: m.display})
             elif name in result.kept_maps:
                 maps[name] = result.kept_maps[name]
+        notes = {k: v for k, v in f.notes.items() if v}
+        if self.per_modality:  # a method's settings under each of its columns
+            notes = {col: notes[name] for col in maps for name in notes if col.startswith(f"{name} \u00b7 ")} | notes
         figures.overview(folder / "overview.png", f.background, maps, f.center, title=f.title, contour=f.contour,
-                         spacing=case.spacing, views=f.views, affine=case.affine)
+                         spacing=case.spacing, views=f.views, affine=case.affine, predicted=f.predicted,
+                         notes=notes, colormap=self.colormap, convention=self.convention)
+
+
+class _ChannelMap:
+    """|a| of one channel of a raw map on the image grid, over `top`, clipped to 1: sliced lazily
+    like the display maps (the figure reads three slices)."""
+
+    def __init__(self, raw, channel: int, top: float):
+        self.raw, self.channel, self.top = raw, channel, np.float32(top)
+        self.shape = tuple(raw.shape[:3])
+
+    def __getitem__(self, key):
+        return np.minimum(np.abs(np.asarray(self.raw[key])[..., self.channel]), self.top) / self.top
+
+
+def _per_channel(name: str, raw, case) -> dict:
+    if raw.shape[-1] != len(case.channels):  # a map with no channel axis of its own (Grad-CAM): one column
+        return {name: _ChannelMap(raw, 0, display_scale(np.abs(raw.volume if hasattr(raw, "volume") else raw)))}
+    top = display_scale(np.abs(raw.volume if hasattr(raw, "volume") else np.asarray(raw)))
+    return {f"{name} \u00b7 {channel}": (_ChannelMap(raw, k, top), case.data[..., k])
+            for k, channel in enumerate(case.channels)}
 
 
 class SummaryJSON(Output):
@@ -105,7 +141,14 @@ def kept_display_maps(folder: Path, methods) -> dict:
     return found
 
 
-DEFAULT_OUTPUTS: tuple[Output, ...] = (RawMaps(), DisplayMaps(), PredictionMap(), OverviewFigure(), SummaryJSON())
+def default_outputs(colormap: str = "ember", convention: str = "neurological",
+                    per_modality: bool = False) -> tuple[Output, ...]:
+    """Every output of a case, the figure drawn as asked."""
+    return (RawMaps(), DisplayMaps(), PredictionMap(), OverviewFigure(colormap, convention, per_modality),
+            SummaryJSON())
+
+
+DEFAULT_OUTPUTS: tuple[Output, ...] = default_outputs()
 
 
 class CaseWriter:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import findings
 from ..case_folder import plain
 from ..errors import InputError, NxrtWarning
 from ..evaluation.features import tumour_estimate
@@ -54,9 +55,11 @@ class FigureInputs:
 
     background: np.ndarray
     center: list[float]
-    title: str
-    contour: np.ndarray | InImageGrid | None
+    title: str  # lines: the case, the prediction, what was explained
+    contour: np.ndarray | InImageGrid | None  # the true tumour (the case's _seg)
     views: Sequence[str]
+    predicted: InImageGrid | None = None  # the predicted tumour (a segmenter's labels > 0)
+    notes: dict = field(default_factory=dict)  # {method: its settings, one short line}
 
 
 @dataclass
@@ -307,11 +310,20 @@ class _CaseStats:
             center[slab[0]] = slab[1]
         bg = case.channels.index("flair") if "flair" in case.channels else 0
         pred_image = None if self.pred_mask is None else InImageGrid(self.labels_model > 0, self.geometry)
-        contour = case.seg > 0 if case.seg is not None else pred_image
         views = figures.ORIENTATIONS if slab is None else [view_of_axis(slab[0], case.affine)]
-        first = next(iter(result.summary["methods"].values()), None)
-        title = f"{case.name}: {self.task}, target {first['target']}" if first else case.name
-        return FigureInputs(case.data[..., bg], center, title, contour, views)
+        summary = result.summary
+        lines = [f"{case.name} ({case.channels[bg]} shown)", findings.prediction_line(summary),
+                 findings.explained_line(summary)]
+        notes = {name: settings_note(m.get("params") or {}) for name, m in summary["methods"].items()}
+        return FigureInputs(case.data[..., bg], center, "\n".join(t for t in lines if t),
+                            case.seg > 0 if case.seg is not None else None, views, pred_image, notes)
+
+
+def settings_note(params: dict, most: int = 44) -> str:
+    """A method's settings as one short line for a figure ('steps 32, rule gausslegendre')."""
+    text = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in params.items()
+                     if v is not None and not isinstance(v, (dict, list)))
+    return text if len(text) <= most else text[:most - 1] + "\u2026"
 
 
 def _evaluated(explainer, x, e, metrics, metric_params, truth, region, warn, case) -> dict:
