@@ -10,7 +10,7 @@ PIP := $(BIN)/pip install -q -c constraints.txt
 # problem (strict mode prints another one), so that one notice is filtered; other warnings show.
 EDITABLE := PYTHONWARNINGS="ignore:Editable installation"
 
-.PHONY: test demo bench lint clean
+.PHONY: test demo bench lint browser clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -28,7 +28,14 @@ $(VENV)/.runtime: $(BIN)/python pyproject.toml
 lint: $(VENV)/.dev
 	$(BIN)/ruff check .
 
-test: lint
+# The report tests drive a real browser: Debian's chromium, installed here when it is missing.
+browser:
+	@command -v chromium >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
+	    --no-install-recommends chromium >/dev/null; }
+
+test: lint browser
 	$(BIN)/python -m pytest -q tests
 
 demo: $(VENV)/.runtime

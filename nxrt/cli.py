@@ -277,9 +277,13 @@ def _import_nibabel() -> None:
               show_default=True, help="Figures: the patient's right on the picture's right (neurological) or left.")
 @click.option("--per-modality", is_flag=True,
               help="overview.png: one column per method and input channel, each over its own scan.")
+@click.option("--report/--no-report", default=True, show_default=True,
+              help="Write report.html per case (an offline page: three linked views, sliders, method and scan "
+                   "switches) and, for several cases, OUT/index.html.")
 def explain(model, cases, methods, targets, out, assignments, channels, region, layer, steps, samples, noise, rule,
             interpolation, task, layout, provider, batch_size, max_memory, slice_spec, resample, overwrite, resume,
-            evaluating, metric_names, mask, ray_address, ray_workers, ray_cpus, colormap, convention, per_modality):
+            evaluating, metric_names, mask, ray_address, ray_workers, ray_cpus, colormap, convention, per_modality,
+            report):
     """Explain MODEL on each CASE and write maps that overlay the scan.
 
     A CASE is a 4D NIfTI (channels last), a BraTS case folder or file prefix (2021 or 2023 names), or
@@ -291,12 +295,12 @@ def explain(model, cases, methods, targets, out, assignments, channels, region, 
     _explain(model, cases, methods, targets, out, assignments, channels, region, layer, steps, samples, noise,
              rule, interpolation, task, layout, provider, batch_size, max_memory, slice_spec, resample, overwrite,
              resume, evaluating or bool(metric_names), metric_names, mask, ray_address, ray_workers, ray_cpus,
-             {"colormap": colormap, "convention": convention, "per_modality": per_modality})
+             {"colormap": colormap, "convention": convention, "per_modality": per_modality, "report": report})
 
 
-def _evaluate_command(colormap, convention, per_modality, **kwargs):
+def _evaluate_command(colormap, convention, per_modality, report, **kwargs):
     _explain(**{**kwargs, "evaluating": True},
-             figure={"colormap": colormap, "convention": convention, "per_modality": per_modality})
+             figure={"colormap": colormap, "convention": convention, "per_modality": per_modality, "report": report})
 
 
 main.add_command(click.Command(
@@ -320,7 +324,7 @@ def _explain(model, cases, methods, targets, out, assignments, channels, region,
 
     prefetch(cases[0] if cases else None)
     from . import region as regions
-    from .cohort import CaseRequest, run_cohort
+    from .cohort import CaseRequest, run_cohort, write_cohort_pages
     from .errors import InputError
     from .evaluation.metric import get_metric, split_cli_params
     from .explainer import Explainer
@@ -389,10 +393,8 @@ def _explain(model, cases, methods, targets, out, assignments, channels, region,
             click.echo(f"[{k}/{n}] {name}: {method}" + (f", about {left:.0f} s left" if left else ""), err=True)
 
     report = run_cohort(ex, items, out, request, runner=runner, progress=progress)
-    if metrics is not None and cohort:
-        from .evaluation.tables import write_cohort_metrics
-
-        written = write_cohort_metrics(out, [o.name for o in report.outcomes])
+    if cohort:
+        written = write_cohort_pages(out, request, report)
         if written:
             held.append(f"nxrt: wrote {', '.join(str(p) for p in written)}")
     for line in held:

@@ -502,8 +502,8 @@ def run(explainer, cases: Sequence, out: str | os.PathLike, methods: Sequence[st
     explainer: an Explainer, or a model path. cases: NIfTI files, BraTS case folders or prefixes.
     runner: LocalRunner() (default) or e.g. nxrt.cohort_ray.RayRunner("auto"). options: the other
     CaseRequest fields (target, region, params, overwrite, resume, metrics, metric_params, ...).
-    With metrics, a cohort also gets metrics.csv / .md / .png. Returns the CohortReport (outcome per
-    case; `exit_code` as the CLI's)."""
+    A cohort also gets index.html, and with metrics metrics.csv / .md / .png (`write_cohort_pages`).
+    Returns the CohortReport (outcome per case; `exit_code` as the CLI's)."""
     from .explainer import Explainer
     from .registry import canonical
 
@@ -511,9 +511,28 @@ def run(explainer, cases: Sequence, out: str | os.PathLike, methods: Sequence[st
     request = CaseRequest(canonical(list(methods)), **options)
     items = [(str(c), str(c)) for c in cases]
     report = run_cohort(ex, items, Path(out), request, runner=runner, progress=progress)
-    if request.metrics is not None and len(items) > 1:
+    if len(items) > 1:
+        write_cohort_pages(Path(out), request, report)
+    return report
+
+
+def write_cohort_pages(out: Path, request: CaseRequest, report: CohortReport) -> list[Path]:
+    """What a cohort gets besides its cases: metrics.csv / .md / .png when it was evaluated, and
+    index.html (a row per case with its status, linking to its report.html) when the cases have
+    reports. Not after a run a signal stopped (it ends at once; --resume writes them)."""
+    from .imaging.outputs import ReportPage
+
+    names = [o.name for o in report.outcomes]
+    written: list[Path] = []
+    if report.signal is not None:
+        return written
+    if request.metrics is not None:
         from .evaluation.tables import write_cohort_metrics
 
-        write_cohort_metrics(Path(out), [o.name for o in report.outcomes])
-    return report
+        written += write_cohort_metrics(out, names)
+    if any(isinstance(o, ReportPage) for o in request.outputs) and report.outcomes:
+        from .report import cohort_page
+
+        written.append(cohort_page.write(out, report.outcomes))
+    return written
 

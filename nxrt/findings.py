@@ -29,17 +29,26 @@ def prediction_line(summary: dict) -> str:
     return f"prediction: tumour voxels per label: {', '.join(named)} ({sum(counts.values())} in all)"
 
 
-def explained_line(summary: dict) -> str | None:
-    """What was explained: the target (by name when the card names it) and its score."""
+def explained_score(summary: dict) -> float | None:
+    """The explained target's score (summed over a multi-label target), when the summary has it."""
     first = next(iter((summary.get("methods") or {}).values()), None)
     scores = summary.get("scores") or []
     if first is None or not first.get("target"):
         return None
     target = [int(t) for t in first["target"]]
+    return sum(scores[t] for t in target) if all(0 <= t < len(scores) for t in target) else None
+
+
+def explained_line(summary: dict) -> str | None:
+    """What was explained: the target (by name when the card names it) and its score."""
+    first = next(iter((summary.get("methods") or {}).values()), None)
+    if first is None or not first.get("target"):
+        return None
+    target = [int(t) for t in first["target"]]
     names = first.get("target_labels") or [str(t) for t in target]
-    if not all(0 <= t < len(scores) for t in target):
+    value = explained_score(summary)
+    if value is None:
         return f"explained: {' + '.join(names)}"
-    value = sum(scores[t] for t in target)
     what = "score" if summary.get("task") == "classification" else "score (mean over the volume)"
     return f"explained: {' + '.join(names)}, {what} {value:.4g}"
 

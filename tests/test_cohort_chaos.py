@@ -19,7 +19,7 @@ from tests.builders import write_case
 
 CASES = [f"c{k}" for k in range(1, 7)]
 FILES = ["vanilla.nii.gz", "vanilla_map.nii.gz", "gradcam.nii.gz", "gradcam_map.nii.gz", "prediction.nii.gz",
-         "overview.png", "summary.json"]
+         "overview.png", "report.html", "thumbnail.png", "summary.json"]
 
 
 def command(seg_onnx, root, out, *extra):
@@ -66,12 +66,12 @@ def test_sigkill_at_a_random_moment_then_resume(cohort, seg_onnx, trial):
     proc.communicate(timeout=60)
     if out.exists():
         for case in out.iterdir():
-            if not case.name.startswith("."):  # staging folders and locks of the dead run may stay
+            if not case.name.startswith(".") and case.is_dir():  # staging and locks of the dead run may stay
                 assert_complete(case)
 
     again = subprocess.run(command(seg_onnx, root, out, "--resume"), capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr
-    assert sorted(p.name for p in out.iterdir()) == CASES  # nothing hidden is left behind
+    assert sorted(p.name for p in out.iterdir()) == CASES + ["index.html"]  # nothing hidden is left behind
     for name in CASES:
         assert_complete(out / name)
         got, want = contents(out / name), contents(ref / name)

@@ -104,8 +104,8 @@ def test_explain_outputs_overlay_the_scan(seg_onnx, tmp_path):
     assert res.returncode == 0, res.stderr
     d = out / "BraTS2021_00001"
     names = sorted(p.name for p in d.iterdir())
-    assert names == ["gradcam.nii.gz", "gradcam_map.nii.gz", "overview.png", "prediction.nii.gz", "summary.json",
-                     "vanilla.nii.gz", "vanilla_map.nii.gz"]
+    assert names == ["gradcam.nii.gz", "gradcam_map.nii.gz", "overview.png", "prediction.nii.gz", "report.html",
+                     "summary.json", "thumbnail.png", "vanilla.nii.gz", "vanilla_map.nii.gz"]
     src = nib.load(str(tmp_path / "BraTS2021_00001" / "BraTS2021_00001_flair.nii.gz"))
     for name, shape in (("vanilla", IMAGE_GRID + (4,)), ("gradcam", IMAGE_GRID + (1,)),
                         ("vanilla_map", IMAGE_GRID), ("prediction", IMAGE_GRID)):

@@ -360,3 +360,21 @@ def layer_grid(path, background, maps: list, names: list[str], center, orientati
     _put_text(canvas, (PAD, canvas.height - PAD - legend_h + 4), _CONVENTION_TEXT[convention], small, anchor="la")
     with atomic_path(path) as tmp:
         canvas.save(tmp, format="PNG", compress_level=PNG_COMPRESSION)
+
+
+def thumbnail(path, background, overlay, center, spacing: Sequence[float] = (1.0, 1.0, 1.0), affine=None,
+              contour=None, box: int = 128, colormap: str = colours.DEFAULT) -> None:
+    """A small axial picture of a case (a cohort index's row): `overlay` over the scan through
+    `center`, the true tumour outlined; neurological convention, like the overview."""
+    from .writer import atomic_path
+
+    plane = view_slice(background, "axial", center, affine).astype(np.float32)
+    lo, hi = _window(plane)
+    grey = np.clip((plane - lo) / (hi - lo), 0, 1)
+    layer = None if overlay is None else view_slice(overlay, "axial", center, affine)
+    outlines = [] if contour is None else [(view_slice(contour, "axial", center, affine), TRUE_OUTLINE)]
+    pixel = view_pixel_mm("axial", spacing, affine)
+    size = _fitted_size(grey.shape, pixel, box / max(grey.shape[1] * pixel[0], grey.shape[0] * pixel[1]))
+    image = _panel_image(_blend(grey, layer, outlines, colormap, plane != 0), size)
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG", compress_level=PNG_COMPRESSION)

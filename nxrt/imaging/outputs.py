@@ -3,7 +3,8 @@
     OUT/<case>/<method>.nii.gz      RawMaps         raw attribution, one volume per channel
     OUT/<case>/<method>_map.nii.gz  DisplayMaps     |a| over channels, 99th-percentile clip, 0..1
     OUT/<case>/prediction.nii.gz    PredictionMap   predicted labels (segmentation)
-    OUT/<case>/overview.png         OverviewFigure  methods x axial/coronal/sagittal
+    OUT/<case>/overview.png         OverviewFigure  the scan and each method x axial/coronal/sagittal
+    OUT/<case>/report.html          ReportPage      the case as an offline page (and thumbnail.png)
     OUT/<case>/summary.json         SummaryJSON     written last: a case with it is complete
 
 Every map overlays the scan: the case's own grid, affine and header. A new format is one new
@@ -117,6 +118,32 @@ def _per_channel(name: str, raw, case) -> dict:
             for k, channel in enumerate(case.channels)}
 
 
+class ReportPage(Output):
+    """report.html (`nxrt.report.case_page`: the scan and every map in three linked views, offline)
+    and thumbnail.png (the case's picture in a cohort's index.html)."""
+
+    timing = "report"
+
+    def case(self, result, folder):
+        from ..report import case_page
+
+        f, case = result.figure, result.case
+        maps = {}
+        for name in result.summary.get("methods", result.methods):  # kept methods of a merged case too
+            if name in result.methods:
+                maps[name] = result.methods[name].display
+            elif name in result.kept_maps:
+                maps[name] = result.kept_maps[name]
+        scans = {channel: case.data[..., k] for k, channel in enumerate(case.channels)}
+        truth = case.seg > 0 if case.seg is not None else None
+        predicted = None if f.predicted is None else np.asarray(f.predicted)
+        case_page.write(folder / "report.html", result.summary, scans, maps, case.affine, case.spacing, truth,
+                        predicted)
+        first = next(iter(maps.values()), None)
+        figures.thumbnail(folder / "thumbnail.png", f.background, first, f.center, case.spacing, case.affine,
+                          truth if truth is not None else predicted)
+
+
 class SummaryJSON(Output):
     def close(self, result, folder):
         from .pipeline import _utc_now
@@ -141,10 +168,12 @@ def kept_display_maps(folder: Path, methods) -> dict:
     return found
 
 
-def default_outputs(colormap: str = "ember", convention: str = "neurological",
-                    per_modality: bool = False) -> tuple[Output, ...]:
-    """Every output of a case, the figure drawn as asked."""
-    return (RawMaps(), DisplayMaps(), PredictionMap(), OverviewFigure(colormap, convention, per_modality),
+def default_outputs(colormap: str = "ember", convention: str = "neurological", per_modality: bool = False,
+                    report: bool = True) -> tuple[Output, ...]:
+    """Every output of a case, the figure drawn as asked; report=False leaves out report.html and
+    thumbnail.png (and so a cohort's index.html)."""
+    pages = (ReportPage(),) if report else ()
+    return (RawMaps(), DisplayMaps(), PredictionMap(), OverviewFigure(colormap, convention, per_modality), *pages,
             SummaryJSON())
 
 

@@ -1,0 +1,128 @@
+"""`report.html`: one case as a page that opens from the file system with no network: the scan with
+each method's map in three linked views (axial, coronal, sagittal), slice sliders, opacity, method
+and modality switches, the true and predicted tumour outlines, the prediction, the methods'
+settings, times, tumour shares and metrics, and the provenance.
+
+The page is one file: the project's own script and style (nxrt/report/static) inlined, and the
+volumes packed by `volumes` into a JSON block. Plain data in (arrays, the summary dict), one file out.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from .. import findings
+from ..imaging import colours
+from ..imaging.orientation import view_axis
+from . import volumes
+
+#: the summary entries of a method shown in its row, in this order (label, key, format)
+METHOD_FIELDS = (("seconds", "seconds", "{:.2f}"), ("share in true tumour", "share_in_true_tumour", "{:.1%}"),
+                 ("share in predicted tumour", "share_in_predicted_tumour", "{:.1%}"))
+
+
+def static(name: str) -> str:
+    return resources.files("nxrt.report").joinpath("static", name).read_text(encoding="utf-8")
+
+
+def page_data(summary: dict, scans: dict, maps: dict, affine, spacing, truth=None, predicted=None) -> dict:
+    """The JSON the page's script reads: scans {channel: [X, Y, Z]}, maps {method: display map in
+    0..1}, truth / predicted: masks (file voxel order, all on the case's grid)."""
+    first = next(iter(scans.values()))
+    brain = np.zeros(np.shape(first), bool)
+    for scan in scans.values():
+        brain |= np.asarray(scan) != 0
+    f = volumes.frame(brain, affine, spacing)
+    outline = np.zeros(f.shape, np.uint8)
+    if truth is not None:
+        outline |= f.take(truth).astype(bool).astype(np.uint8)
+    if predicted is not None:
+        outline |= f.take(predicted).astype(bool).astype(np.uint8) << 1
+    file_axes = {v: view_axis(v, affine) for v in ("axial", "coronal", "sagittal")}
+    return {
+        "case": summary.get("case", ""),
+        "shape": list(f.shape), "spacing": [round(s, 5) for s in f.spacing],
+        "affine": np.round(f.affine, 6).tolist(), "toFile": f.to_file.tolist(),
+        "fileShape": [int(n) for n in np.shape(first)[:3]], "fileAxis": file_axes,
+        "scans": {name: volumes.packed(volumes.grey_bytes(f.take(scan))) for name, scan in scans.items()},
+        "maps": {name: volumes.packed(volumes.unit_bytes(f.take(m))) for name, m in maps.items()},
+        "outline": volumes.packed(outline), "hasTruth": truth is not None, "hasPredicted": predicted is not None,
+        "lut": colours.lut(colours.DEFAULT).round().astype(int).ravel().tolist(),
+        "floor": 0.05,
+    }
+
+
+def _cell(value, fmt: str) -> str:
+    if value is None:
+        return "&ndash;"
+    try:
+        return html.escape(fmt.format(value))
+    except (TypeError, ValueError):
+        return html.escape(str(value))
+
+
+def _method_table(summary: dict) -> str:
+    methods = summary.get("methods") or {}
+    metric_names = sorted({k for m in methods.values() for k, v in (m.get("metrics") or {}).items()
+                           if isinstance(v, (int, float)) or v is None})
+    head = "".join(f"<th>{html.escape(label)}</th>" for label, _, _ in METHOD_FIELDS)
+    head += "".join(f"<th>{html.escape(n)}</th>" for n in metric_names)
+    rows = []
+    for name, m in methods.items():
+        params = ", ".join(f"{k} {v}" for k, v in (m.get("params") or {}).items()
+                           if v is not None and not isinstance(v, (dict, list)))
+        cells = "".join(f"<td>{_cell(m.get(key), fmt)}</td>" for _, key, fmt in METHOD_FIELDS)
+        cells += "".join(f"<td>{_cell((m.get('metrics') or {}).get(n), '{:.4g}')}</td>" for n in metric_names)
+        rows.append(f"<tr><th>{html.escape(name)}</th><td>{html.escape(params) or '&ndash;'}</td>{cells}</tr>")
+    return (f"<table class='methods'><tr><th>method</th><th>settings</th>{head}</tr>{''.join(rows)}</table>")
+
+
+def _provenance(summary: dict) -> str:
+    p = summary.get("provenance") or {}
+    model = p.get("model") or {}
+    items = [("model", model.get("path")), ("sha256", (model.get("sha256") or "")[:16]),
+             ("provider", p.get("provider")), ("command", p.get("command")),
+             ("versions", ", ".join(f"{k} {v}" for k, v in (p.get("versions") or {}).items())),
+             ("started", p.get("started_utc")), ("finished", p.get("finished_utc"))]
+    return "<dl class='provenance'>" + "".join(f"<dt>{k}</dt><dd>{html.escape(str(v))}</dd>" for k, v in items
+                                               if v) + "</dl>"
+
+
+def render(summary: dict, data: dict) -> str:
+    """The whole page as text."""
+    lines = [findings.prediction_line(summary), findings.explained_line(summary)]
+    said = "".join(f"<p>{html.escape(t)}</p>" for t in lines if t)
+    blob = json.dumps(data, separators=(",", ":")).replace("</", "<\\/")
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<title>{html.escape(summary.get('case', 'case'))} &middot; nxrt report</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>{static('report.css')}</style></head>
+<body>
+<header><h1>{html.escape(summary.get('case', ''))}</h1>{said}</header>
+<section id="viewer" aria-label="viewer">
+<div id="controls"></div>
+<div id="views"></div>
+<p id="legend"></p>
+</section>
+<section><h2>Methods</h2>{_method_table(summary)}</section>
+<section><h2>Provenance</h2>{_provenance(summary)}</section>
+<script id="nxrt-data" type="application/json">{blob}</script>
+<script>{static('case.js')}</script>
+</body></html>
+"""
+
+
+def write(path: Path, summary: dict, scans: dict, maps: dict, affine, spacing, truth=None, predicted=None) -> int:
+    """Write the page atomically; returns its size in bytes."""
+    from ..imaging.writer import atomic_path
+
+    text = render(summary, page_data(summary, scans, maps, affine, spacing, truth, predicted))
+    with atomic_path(Path(path)) as tmp:
+        Path(tmp).write_text(text, encoding="utf-8")
+    return len(text.encode("utf-8"))

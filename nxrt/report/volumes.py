@@ -1,0 +1,101 @@
+"""Volumes for the HTML report: turned to RAS voxel order, cropped to the brain, quantised to one
+byte per voxel, gzip-compressed and base64-encoded, so a page carries its own data and the
+browser inflates it with its built-in `DecompressionStream("gzip")` (no library, no network).
+
+One byte is enough for what the page shows: a scan through a 1..99th-percentile grey window, a
+display map in 0..1 (256 levels, as the colour map has), the outlines as bits. Cropping to the
+brain's bounding box (plus a margin) keeps a BraTS case at about a quarter of its grid.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+#: voxels of air kept around the brain's bounding box
+MARGIN = 3
+#: gzip level: 6 compresses a noisy scan ~4% better than 1 at ~2x the time (a BraTS case: 0.3 s)
+LEVEL = 6
+
+
+@dataclass(frozen=True)
+class Frame:
+    """How the page's volumes sit in the case's file: `order` / `flip` turn a file-order array into
+    RAS order (np.transpose then flips), `start` / `shape` are the crop in RAS order, `affine`
+    maps page voxels to world mm and `to_file` page voxels to the file's voxel indices."""
+
+    order: tuple[int, int, int]
+    flip: tuple[bool, bool, bool]
+    start: tuple[int, int, int]
+    shape: tuple[int, int, int]
+    spacing: tuple[float, float, float]
+    affine: np.ndarray
+    to_file: np.ndarray
+
+    def take(self, volume) -> np.ndarray:
+        """A file-order [X, Y, Z] volume (or anything np.asarray reads) in the page's RAS crop."""
+        ras = np.transpose(np.asarray(volume), self.order)
+        ras = ras[tuple(slice(None, None, -1) if f else slice(None) for f in self.flip)]
+        return ras[tuple(slice(s, s + n) for s, n in zip(self.start, self.shape, strict=True))]
+
+
+def frame(brain: np.ndarray, affine, spacing: Sequence[float]) -> Frame:
+    """The page's frame for a case whose brain (nonzero scan, any channel) is `brain` [X, Y, Z]."""
+    from ..imaging.orientation import voxel_axes
+
+    affine = np.eye(4) if affine is None else np.asarray(affine, np.float64)
+    axes = voxel_axes(affine)  # [voxel axis] -> (world axis, direction)
+    order = tuple(int(np.flatnonzero(axes[:, 0] == w)[0]) for w in range(3))  # RAS axis w <- voxel axis
+    flip = tuple(bool(axes[order[w], 1] < 0) for w in range(3))
+    shape_file = brain.shape
+    ras = np.transpose(brain, order)[tuple(slice(None, None, -1) if f else slice(None) for f in flip)]
+    found = np.nonzero(ras)
+    if found[0].size:
+        lo = [max(0, int(f.min()) - MARGIN) for f in found]
+        hi = [min(n, int(f.max()) + 1 + MARGIN) for f, n in zip(found, ras.shape, strict=True)]
+    else:
+        lo, hi = [0, 0, 0], list(ras.shape)
+    # page voxel (i, j, k) -> file voxel: along RAS axis w, file axis order[w], mirrored where flipped
+    to_file = np.zeros((4, 4))
+    to_file[3, 3] = 1
+    for w in range(3):
+        axis, n = order[w], shape_file[order[w]]
+        if flip[w]:
+            to_file[axis, w], to_file[axis, 3] = -1.0, n - 1 - lo[w]
+        else:
+            to_file[axis, w], to_file[axis, 3] = 1.0, lo[w]
+    spacing_file = [float(s) if s and s > 0 else 1.0 for s in list(spacing)[:3]]
+    return Frame(order, flip, tuple(lo), tuple(h - lo_ for h, lo_ in zip(hi, lo, strict=True)),
+                 tuple(spacing_file[order[w]] for w in range(3)), affine @ to_file, to_file)
+
+
+def grey_bytes(scan: np.ndarray) -> np.ndarray:
+    """A scan as uint8 through its 1..99th-percentile window of the nonzero voxels; 0 stays 0 (air,
+    where the page shows no map), the brain is 1..255."""
+    scan = np.asarray(scan, np.float32)
+    inside = scan != 0
+    values = scan[inside]
+    lo, hi = (np.percentile(values, [1, 99]) if values.size else (0.0, 1.0))
+    hi = hi if hi > lo else lo + 1
+    out = np.clip((scan - lo) / (hi - lo), 0, 1) * 254 + 1
+    return np.where(inside, out + 0.5, 0).astype(np.uint8)
+
+
+def unit_bytes(values) -> np.ndarray:
+    """Values in 0..1 as uint8 0..255."""
+    return (np.clip(np.asarray(values, np.float32), 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def packed(volume: np.ndarray) -> str:
+    """uint8 [X, Y, Z] -> base64 of its gzip-compressed C-order bytes (index (x * Y + y) * Z + z)."""
+    data = np.ascontiguousarray(volume, np.uint8).tobytes()
+    return base64.b64encode(gzip.compress(data, compresslevel=LEVEL, mtime=0)).decode("ascii")
+
+
+def unpacked(text: str, shape: Sequence[int]) -> np.ndarray:
+    """The inverse of `packed` (what the page's script does)."""
+    return np.frombuffer(gzip.decompress(base64.b64decode(text)), np.uint8).reshape(tuple(shape))
