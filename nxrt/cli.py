@@ -288,8 +288,9 @@ def explain(model, cases, methods, targets, out, assignments, channels, region, 
 
     A CASE is a 4D NIfTI (channels last), a BraTS case folder or file prefix (2021 or 2023 names), or
     the --channel NAME=FILE pairs. Outputs per case: OUT/<case>/<method>.nii.gz (raw, one volume per
-    channel), <method>_map.nii.gz (display map), prediction.nii.gz (segmentation), overview.png and
-    summary.json. Several cases: one model load, failures isolated, exit code = number of cases not
+    channel), <method>_map.nii.gz (display map), prediction.nii.gz (segmentation), overview.png,
+    report.html (an offline page of the case) and summary.json; several cases also get OUT/index.html.
+    Several cases: one model load, failures isolated, exit code = number of cases not
     done (128 + the signal when SIGINT/SIGTERM/SIGHUP stopped the run; --resume finishes it).
     """
     _explain(model, cases, methods, targets, out, assignments, channels, region, layer, steps, samples, noise,

@@ -82,6 +82,15 @@ def test_overview_scan_column_then_method_columns_with_colours_and_outlines(tmp_
     white = [(c == 255).all(axis=-1).sum() for c in (scan_col, a_col, b_col)]
     cyan = [(c == figures.PREDICTED_OUTLINE).all(axis=-1).sum() for c in (scan_col, a_col, b_col)]
     assert min(white) > 40 and min(cyan) > 40  # both outlines on every column, the scan's too
+    # the colour bar right of the panels: jet's own colours, 1 at the top, over most of the grid's height
+    lut = np.rint(figures.colours.lut("jet")).astype(int)
+    right = rgb[:, figures.PAD + 3 * (figures.PANEL + figures.GAP):]
+    code = lambda a: (a[..., 0] * 256 + a[..., 1]) * 256 + a[..., 2]  # noqa: E731
+    in_lut = np.isin(code(right), code(lut))
+    bar_rows = [y for y in range(right.shape[0]) if in_lut[y].sum() >= 14]  # (the bar is 16 px wide)
+    assert len(bar_rows) > 100
+    top_colour, bottom_colour = (right[y][np.flatnonzero(in_lut[y])[0]] for y in (bar_rows[0], bar_rows[-1]))
+    assert top_colour[0] > top_colour[2] and bottom_colour[2] > bottom_colour[0]  # dark red above, dark blue below
     below = rgb[-40:]  # the legend: a swatch of each outline colour
     for colour in (figures.TRUE_OUTLINE, figures.PREDICTED_OUTLINE):
         assert (below == colour).all(axis=-1).sum() > 0

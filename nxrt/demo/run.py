@@ -90,7 +90,7 @@ def run_demo(out: Path, overwrite: bool = False) -> dict[str, Path]:
         results[name] = out / name / CASE
         _report(name, summary)
     click.echo(f"wrote {out}/grader/{CASE}/ and {out}/segmenter/{CASE}/ (NIfTI maps, prediction, overview.png, "
-               f"summary.json); the case is in {case_dir}/, the models in {models}/")
+               f"report.html, summary.json); the case is in {case_dir}/, the models in {models}/")
     for path in results.values():
         click.echo(look_first(path))
     return results
