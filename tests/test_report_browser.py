@@ -83,7 +83,8 @@ def test_the_browser_sees_a_request_that_tries_to_leave(browser, tmp_path):
 
 def test_case_page_data_are_the_written_maps(cohort):
     """What the page carries is what the NIfTI files hold: the display map on the case's grid, in
-    RAS order and cropped to the brain, at 1/255 steps; the outline bits are the true tumour."""
+    RAS order and cropped to the brain, at 1/255 steps above the floor it is shown from; the outline
+    bits are the true tumour."""
     from nxrt.report import volumes
 
     text = (cohort / "c1" / "report.html").read_text()
@@ -97,11 +98,13 @@ def test_case_page_data_are_the_written_maps(cohort):
     ijk = np.stack(np.meshgrid(*[np.arange(n) for n in data["shape"]], indexing="ij"), -1).reshape(-1, 3)
     file_ijk = np.rint(ijk @ to_file[:3, :3].T + to_file[:3, 3]).astype(int)
     want = full[tuple(file_ijk.T)].reshape(data["shape"])
+    want[want <= data["floor"]] = 0  # not shown, so not carried
     np.testing.assert_allclose(shown, want, atol=0.5 / 255 + 1e-6)
+    assert (want > data["floor"]).sum() > 100
     world = ijk @ np.asarray(data["affine"])[:3, :3].T + np.asarray(data["affine"])[:3, 3]
     np.testing.assert_allclose(world, file_ijk @ img.affine[:3, :3].T + img.affine[:3, 3], atol=1e-4)
     seg = np.asarray(nib.load(str(next((cohort.parent / "c1").glob("*_seg.nii.gz")))).dataobj) > 0
-    bits = volumes.unpacked(data["outline"], data["shape"])
+    bits = volumes.unpacked(data["outline"], data["shape"], delta=False)
     np.testing.assert_array_equal(bits & 1, seg[tuple(file_ijk.T)].reshape(data["shape"]))
     assert seg.sum() == (bits & 1).sum()  # the crop keeps the whole tumour
 

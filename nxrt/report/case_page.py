@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import html
 import json
+import os
 from importlib import resources
 from pathlib import Path
 
@@ -21,6 +22,8 @@ from ..imaging import colours
 from ..imaging.orientation import view_axis
 from . import volumes
 
+#: the page shows a map where it exceeds this (as the figures: `figures.FLOOR`)
+FLOOR = 0.05
 #: the summary entries of a method shown in its row, in this order (label, key, format)
 METHOD_FIELDS = (("seconds", "seconds", "{:.2f}"), ("share in true tumour", "share_in_true_tumour", "{:.1%}"),
                  ("share in predicted tumour", "share_in_predicted_tumour", "{:.1%}"))
@@ -32,28 +35,42 @@ def static(name: str) -> str:
 
 def page_data(summary: dict, scans: dict, maps: dict, affine, spacing, truth=None, predicted=None) -> dict:
     """The JSON the page's script reads: scans {channel: [X, Y, Z]}, maps {method: display map in
-    0..1}, truth / predicted: masks (file voxel order, all on the case's grid)."""
+    0..1}, truth / predicted: masks (file voxel order, all on the case's grid). The volumes are
+    packed on a few threads at once (numpy and zlib release the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     first = next(iter(scans.values()))
     brain = np.zeros(np.shape(first), bool)
     for scan in scans.values():
         brain |= np.asarray(scan) != 0
     f = volumes.frame(brain, affine, spacing)
-    outline = np.zeros(f.shape, np.uint8)
-    if truth is not None:
-        outline |= f.take(truth).astype(bool).astype(np.uint8)
-    if predicted is not None:
-        outline |= f.take(predicted).astype(bool).astype(np.uint8) << 1
+
+    def outline_bits() -> str:
+        bits = np.zeros(f.shape, np.uint8)
+        if truth is not None:
+            bits |= f.take(truth).astype(bool).astype(np.uint8)
+        if predicted is not None:
+            bits |= f.take(predicted).astype(bool).astype(np.uint8) << 1
+        return volumes.packed(bits, delta=False)
+
+    with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+        scan_jobs = {name: pool.submit(lambda v: volumes.packed(volumes.grey_bytes(f.take(v), volumes.SCAN_LEVELS)),
+                                       scan) for name, scan in scans.items()}
+        map_jobs = {name: pool.submit(lambda v: volumes.packed(volumes.unit_bytes(f.take(v), FLOOR)), m)
+                    for name, m in maps.items()}
+        outline = pool.submit(outline_bits)
+        packed_scans = {name: job.result() for name, job in scan_jobs.items()}
+        packed_maps = {name: job.result() for name, job in map_jobs.items()}
     file_axes = {v: view_axis(v, affine) for v in ("axial", "coronal", "sagittal")}
     return {
         "case": summary.get("case", ""),
         "shape": list(f.shape), "spacing": [round(s, 5) for s in f.spacing],
         "affine": np.round(f.affine, 6).tolist(), "toFile": f.to_file.tolist(),
         "fileShape": [int(n) for n in np.shape(first)[:3]], "fileAxis": file_axes,
-        "scans": {name: volumes.packed(volumes.grey_bytes(f.take(scan))) for name, scan in scans.items()},
-        "maps": {name: volumes.packed(volumes.unit_bytes(f.take(m))) for name, m in maps.items()},
-        "outline": volumes.packed(outline), "hasTruth": truth is not None, "hasPredicted": predicted is not None,
+        "scans": packed_scans, "scanLevels": volumes.SCAN_LEVELS, "maps": packed_maps,
+        "outline": outline.result(), "hasTruth": truth is not None, "hasPredicted": predicted is not None,
         "lut": colours.lut(colours.DEFAULT).round().astype(int).ravel().tolist(),
-        "floor": 0.05,
+        "floor": FLOOR,
     }
 
 

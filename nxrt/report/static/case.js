@@ -9,19 +9,34 @@
   const spacing = data.spacing;
   const BOX = 320;
 
-  async function inflate(text) {
+  // base64 -> gzip -> bytes; `delta`: each byte is the difference (mod 256) from the one before it
+  // along z, undone here row by row
+  async function inflate(text, delta) {
     const bin = atob(text);
     const bytes = new Uint8Array(bin.length);
     for (let i = 0; i < bin.length; i++) bytes[i] = bin.charCodeAt(i);
     const stream = new Blob([bytes]).stream().pipeThrough(new DecompressionStream("gzip"));
-    return new Uint8Array(await new Response(stream).arrayBuffer());
+    const volume = new Uint8Array(await new Response(stream).arrayBuffer());
+    if (delta) {
+      for (let row = 0; row < volume.length; row += Z) {
+        for (let i = row + 1; i < row + Z; i++) volume[i] = (volume[i] + volume[i - 1]) & 255;
+      }
+    }
+    return volume;
+  }
+
+  // scans arrive in data.scanLevels grey levels (0 = air): spread back over 0..255
+  function spread(volume) {
+    const factor = 255 / (data.scanLevels - 1);
+    for (let i = 0; i < volume.length; i++) volume[i] = Math.round(volume[i] * factor);
+    return volume;
   }
 
   const scans = {};
   const maps = {};
-  for (const [name, text] of Object.entries(data.scans)) scans[name] = await inflate(text);
-  for (const [name, text] of Object.entries(data.maps)) maps[name] = await inflate(text);
-  const outline = await inflate(data.outline);
+  for (const [name, text] of Object.entries(data.scans)) scans[name] = spread(await inflate(text, true));
+  for (const [name, text] of Object.entries(data.maps)) maps[name] = await inflate(text, true);
+  const outline = await inflate(data.outline, false);
   const modalities = Object.keys(scans);
   const methods = Object.keys(maps);
   const index = (x, y, z) => (x * Y + y) * Z + z;
@@ -88,7 +103,6 @@
 
   const TRUE_COLOUR = [255, 255, 255];
   const PREDICTED_COLOUR = [0, 230, 255];
-  const floor = Math.round(data.floor * 255);
 
   function draw(view) {
     const v = VIEWS[view];
@@ -103,7 +117,7 @@
         const i = index(x, y, z);
         const g = scan[i];
         let red = g, green = g, blue = g;
-        if (map && g > 0 && map[i] > floor) {
+        if (map && g > 0 && map[i] > 0) {  // (values at or below data.floor were packed as 0)
           const k = 3 * map[i];
           red = (1 - alpha) * g + alpha * data.lut[k];
           green = (1 - alpha) * g + alpha * data.lut[k + 1];
