@@ -133,3 +133,28 @@ def test_cohort_page_sorts_and_links_to_each_case(browser, cohort):
     assert page.evaluate(names)[:3] == sorted(shares, key=shares.get)
     assert page.evaluate("document.querySelector('#metrics') !== null")  # the metric summary by method
     assert page.errors() == []
+
+
+def test_a_classifier_case_page_and_the_radiological_switch(browser, tmp_path):
+    """The demo grader (a 3D classifier: no predicted tumour) on the demo case: the page says the
+    prediction by label name, offers no predicted-tumour outline, and the radiological convention
+    mirrors the axial view left-right (its letters swapped)."""
+    from importlib import resources
+
+    data = resources.files("nxrt.demo") / "data"
+    res = run_cli("explain", data / "grader.onnx", data / "case", "-m", "vanilla", "-o", tmp_path / "out")
+    assert res.returncode == 0, res.stderr
+    page = browser.page((tmp_path / "out" / "BraTS-PHANTOM-007" / "report.html").as_uri())
+    page.wait_for("document.body.dataset.ready === 'true'")
+    assert "prediction: HGG" in page.evaluate("document.querySelector('header').textContent")
+    assert page.evaluate("document.getElementById('show-predicted') === null")
+    assert page.evaluate("document.getElementById('show-truth') !== null")
+    neurological = _canvas(page, "axial")
+    page.evaluate("(() => { const c = document.getElementById('convention'); c.value = 'radiological';"
+                  " c.dispatchEvent(new Event('change')); })()")
+    radiological = _canvas(page, "axial")
+    rows, cols = slice(24, 296), slice(24, 296)  # (the letters sit in the outer 24 px)
+    # the mirror image, give or take the one-pixel rounding of scaling a picture onto the canvas
+    off = min(np.abs(radiological[rows, cols] - neurological[:, ::-1][rows, 24 + s:296 + s]).mean() for s in (-1, 0, 1))
+    assert off < 1.0 < np.abs(radiological[rows, cols] - neurological[rows, cols]).mean()
+    assert page.errors() == [] and page.network_requests() == []
