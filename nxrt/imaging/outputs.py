@@ -29,6 +29,8 @@ from .pipeline import CaseResult, MethodMaps
 from .writer import save_json, save_nifti
 
 SUMMARY = "summary.json"
+#: joins a method and an input channel in a per-modality column's name ("vanilla \u00b7 flair")
+CHANNEL_MARK = "\u00b7"
 Submit = Callable[..., Future]
 
 
@@ -84,15 +86,13 @@ class OverviewFigure(Output):
     def case(self, result, folder):
         f, case = result.figure, result.case
         maps = {}
-        for name in result.summary.get("methods", result.methods):  # kept methods of a merged case too
-            if name in result.methods:
-                m = result.methods[name]
-                maps.update(_per_channel(name, m.raw, case) if self.per_modality else {name: m.display})
-            elif name in result.kept_maps:
-                maps[name] = result.kept_maps[name]
-        notes = {k: v for k, v in f.notes.items() if v}
-        if self.per_modality:  # a method's settings under each of its columns
-            notes = {col: notes[name] for col in maps for name in notes if col.startswith(f"{name} \u00b7 ")} | notes
+        for name, display in case_maps(result).items():
+            if self.per_modality and name in result.methods:
+                maps.update(_per_channel(name, result.methods[name].raw, case))
+            else:
+                maps[name] = display
+        # a method's settings under each of its columns ("vanilla \u00b7 flair" is vanilla's)
+        notes = {col: f.notes.get(col.split(f" {CHANNEL_MARK} ")[0], "") for col in maps}
         figures.overview(folder / "overview.png", f.background, maps, f.center, title=f.title, contour=f.contour,
                          spacing=case.spacing, views=f.views, affine=case.affine, predicted=f.predicted,
                          notes=notes, colormap=self.colormap, convention=self.convention)
@@ -111,11 +111,24 @@ class _ChannelMap:
 
 
 def _per_channel(name: str, raw, case) -> dict:
+    """{"<method> \u00b7 <channel>": (|a| of that channel on one scale for the method, that channel's scan)}."""
+    top = display_scale(np.abs(raw.volume if hasattr(raw, "volume") else np.asarray(raw)))  # (the model's crop)
     if raw.shape[-1] != len(case.channels):  # a map with no channel axis of its own (Grad-CAM): one column
-        return {name: _ChannelMap(raw, 0, display_scale(np.abs(raw.volume if hasattr(raw, "volume") else raw)))}
-    top = display_scale(np.abs(raw.volume if hasattr(raw, "volume") else np.asarray(raw)))
-    return {f"{name} \u00b7 {channel}": (_ChannelMap(raw, k, top), case.data[..., k])
+        return {name: _ChannelMap(raw, 0, top)}
+    return {f"{name} {CHANNEL_MARK} {channel}": (_ChannelMap(raw, k, top), case.data[..., k])
             for k, channel in enumerate(case.channels)}
+
+
+def case_maps(result) -> dict:
+    """{method: display map} of every method the case's summary lists, the methods an earlier run
+    left in a merged case folder included (read lazily from their files)."""
+    maps = {}
+    for name in result.summary.get("methods", result.methods):
+        if name in result.methods:
+            maps[name] = result.methods[name].display
+        elif name in result.kept_maps:
+            maps[name] = result.kept_maps[name]
+    return maps
 
 
 class ReportPage(Output):
@@ -128,12 +141,7 @@ class ReportPage(Output):
         from ..report import case_page
 
         f, case = result.figure, result.case
-        maps = {}
-        for name in result.summary.get("methods", result.methods):  # kept methods of a merged case too
-            if name in result.methods:
-                maps[name] = result.methods[name].display
-            elif name in result.kept_maps:
-                maps[name] = result.kept_maps[name]
+        maps = case_maps(result)
         scans = {channel: case.data[..., k] for k, channel in enumerate(case.channels)}
         truth = case.seg > 0 if case.seg is not None else None
         predicted = None if f.predicted is None else np.asarray(f.predicted)
