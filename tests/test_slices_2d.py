@@ -104,6 +104,15 @@ def test_2d_model_explains_one_slice_of_a_3d_case(tmp_path, layout, spec, axis, 
     for name in ("vanilla_map", "gradcam_map", "prediction"):
         vol = np.asarray(nib.load(str(d / f"{name}.nii.gz")).dataobj)
         assert vol.shape == IMAGE_GRID and not vol[off].any() and vol[~off].any(), name
+    # report.html opens on the explained slice: its start voxel lies on that slice of the file
+    import re
+
+    text = (d / "report.html").read_text()
+    data = json.loads(re.search(r'<script id="nxrt-data" type="application/json">(.*?)</script>', text,
+                                re.S).group(1).replace("<\\/", "</"))
+    voxel = [0, 0, 0, 1]
+    voxel[data["start"]["axis"]] = data["start"]["index"]
+    assert round(float(np.dot(data["toFile"][axis], voxel))) == index
 
 
 def test_slice_errors_are_one_line(tmp_path):

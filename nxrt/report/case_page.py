@@ -62,6 +62,12 @@ def page_data(summary: dict, scans: dict, maps: dict, affine, spacing, truth=Non
         packed_scans = {name: job.result() for name, job in scan_jobs.items()}
         packed_maps = {name: job.result() for name, job in map_jobs.items()}
     file_axes = {v: view_axis(v, affine) for v in ("axial", "coronal", "sagittal")}
+    start = None
+    if summary.get("slice"):  # a 2D model's case: open on the slice it explained
+        axis, index = int(summary["slice"]["voxel_axis"]), int(summary["slice"]["index"])
+        w = f.order.index(axis)
+        shown = (np.shape(first)[axis] - 1 - index if f.flip[w] else index) - f.start[w]
+        start = {"axis": w, "index": int(np.clip(shown, 0, f.shape[w] - 1))}
     return {
         "case": summary.get("case", ""),
         "shape": list(f.shape), "spacing": [round(s, 5) for s in f.spacing],
@@ -70,7 +76,7 @@ def page_data(summary: dict, scans: dict, maps: dict, affine, spacing, truth=Non
         "scans": packed_scans, "scanLevels": volumes.SCAN_LEVELS, "maps": packed_maps,
         "outline": outline.result(), "hasTruth": truth is not None, "hasPredicted": predicted is not None,
         "lut": colours.lut(colours.DEFAULT).round().astype(int).ravel().tolist(),
-        "floor": FLOOR,
+        "floor": FLOOR, "start": start,
     }
 
 

@@ -55,7 +55,9 @@
     return [X >> 1, Y >> 1, Z >> 1];
   }
 
-  const [cx, cy, cz] = centre();
+  const start = centre();
+  if (data.start) start[data.start.axis] = data.start.index;  // a 2D model's case: its explained slice
+  const [cx, cy, cz] = start;
   const state = {
     x: cx, y: cy, z: cz, method: methods.length ? methods[0] : "none",
     modality: modalities.includes("flair") ? "flair" : modalities[0], opacity: 0.6,
