@@ -22,6 +22,7 @@ import shutil
 import signal
 import threading
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -31,7 +32,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from .case_folder import CaseLock, asked, carry, merged_summary, plan
-from .errors import InputError, NxrtError, OutputError
+from .errors import InputError, NxrtError, NxrtWarning, OutputError
 from .imaging.outputs import DEFAULT_OUTPUTS, SUMMARY, CaseWriter, Output, kept_display_maps
 
 #: a cohort item: (label shown when the case cannot even be loaded, source for `load_case`)
@@ -519,7 +520,9 @@ def run(explainer, cases: Sequence, out: str | os.PathLike, methods: Sequence[st
 def write_cohort_pages(out: Path, request: CaseRequest, report: CohortReport) -> list[Path]:
     """What a cohort gets besides its cases: metrics.csv / .md / .png when it was evaluated, and
     index.html (a row per case with its status, linking to its report.html) when the cases have
-    reports. Not after a run a signal stopped (it ends at once; --resume writes them)."""
+    reports and at least one case folder exists. Not after a run a signal stopped (it ends at once;
+    --resume writes them). The index is a convenience: failing to write it (a full disk) is said as
+    a warning and never turns the cohort's outcome into an error."""
     from .imaging.outputs import ReportPage
 
     names = [o.name for o in report.outcomes]
@@ -530,9 +533,13 @@ def write_cohort_pages(out: Path, request: CaseRequest, report: CohortReport) ->
         from .evaluation.tables import write_cohort_metrics
 
         written += write_cohort_metrics(out, names)
-    if any(isinstance(o, ReportPage) for o in request.outputs) and report.outcomes:
+    if any(isinstance(o, ReportPage) for o in request.outputs) and any((out / n).is_dir() for n in names):
         from .report import cohort_page
 
-        written.append(cohort_page.write(out, report.outcomes))
+        try:
+            written.append(cohort_page.write(out, report.outcomes))
+        except OutputError as exc:
+            say = request.warn or (lambda line: warnings.warn(line, NxrtWarning, stacklevel=3))
+            say(f"index.html not written: {exc}")
     return written
 

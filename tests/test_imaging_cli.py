@@ -308,3 +308,19 @@ def test_figure_options_reach_the_overview(seg_onnx, tmp_path):
     radiological, jet = overview("--convention", "radiological"), overview("--colormap", "jet")
     assert radiological.shape == plain.shape and jet.shape == plain.shape
     assert np.abs(radiological - plain).sum() > 0 and np.abs(jet - plain).sum() > 0
+
+
+def test_an_index_that_cannot_be_written_is_a_warning_not_a_failure(seg_onnx, tmp_path):
+    """OUT/index.html is a convenience: when it cannot be written (here a folder stands in its way)
+    the cohort still succeeds, says so in one warning line, and every case page is there."""
+    for name in ("c1", "c2"):
+        write_case(tmp_path / name, name)
+    out = tmp_path / "out"
+    (out / "index.html").mkdir(parents=True)
+    (out / "index.html" / "keep").write_text("not ours")
+    res = run_cli("explain", seg_onnx, tmp_path / "c1", tmp_path / "c2", "-m", "vanilla", "-o", out)
+    assert res.returncode == 0, res.stderr
+    said = [line for line in res.stderr.splitlines() if "index.html not written" in line]
+    assert len(said) == 1 and "Traceback" not in res.stderr
+    assert (out / "index.html" / "keep").read_text() == "not ours"
+    assert all((out / name / "report.html").exists() for name in ("c1", "c2"))
