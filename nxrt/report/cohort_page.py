@@ -2,7 +2,7 @@
 score, each method's share of its map in the true tumour and its key metrics, a thumbnail) linking
 to the case's report.html, and the metric summary by method (mean +- sd). Text only: thumbnails
 are the cases' own thumbnail.png files, loaded lazily, so the page stays small for 1000 cases
-(about 1 kB per row). Opens from the file system; its sorting script is the project's own.
+(about 0.4 kB per row). Opens from the file system; its sorting script is the project's own.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 import json
 from pathlib import Path
+from urllib.parse import quote
 
 from .. import findings
 from ..evaluation.tables import cohort_rows, summary_by_method
@@ -71,9 +72,10 @@ def render(out: Path, outcomes) -> str:
         s = summaries[o.name] or {}
         link = out / o.name / "report.html"
         name = html.escape(o.name)
-        case = f"<a href='{html.escape(o.name)}/report.html'>{name}</a>" if link.exists() else name
+        where = html.escape(quote(o.name))  # (a folder name is a URL path segment here)
+        case = f"<a href='{where}/report.html'>{name}</a>" if link.exists() else name
         thumb = out / o.name / "thumbnail.png"
-        picture = (f"<img class='thumb' loading='lazy' alt='' src='{html.escape(o.name)}/thumbnail.png'>"
+        picture = (f"<img class='thumb' loading='lazy' alt='' src='{where}/thumbnail.png'>"
                    if thumb.exists() else "")
         status_class = " class='failed'" if not (o.status == "ok" or o.status.startswith("skipped")) else ""
         prediction = _prediction(s) if s else ""
