@@ -450,12 +450,12 @@ class SessionPool:
     def __init__(self, providers=None, threads: int | None = None, batch_size: int | None = None,
                  max_memory: int | None = None):
         self.providers = resolve_providers(providers)
-        from .backend_openvino import OPENVINO
+        from .backend_openvino import MAXPOOL_GRADIENT, OPENVINO
 
         #: how the gradient graphs route MaxPool's gradient (`passes.augment(maxpool=...)`): the
-        #: faster of the two on this pool's runtime (measured: ResNet50's gradient 0.21 vs 0.25 s
-        #: on onnxruntime with indices, 0.22 vs 0.46 s on OpenVINO with equality)
-        self.maxpool_gradient = "equality" if self.providers == [OPENVINO] else "indices"
+        #: rule the pool's runtime runs faster (onnxruntime: its Indices output, 0.21 vs 0.25 s for
+        #: ResNet50's gradient; OpenVINO says its own)
+        self.maxpool_gradient = MAXPOOL_GRADIENT if self.providers == [OPENVINO] else "indices"
         self.threads = threads
         self.batch_size = batch_size
         #: the memory budget of the automatic batch sizes (None: half of what is available)

@@ -53,6 +53,12 @@ def explained_line(summary: dict) -> str | None:
     return f"explained: {' + '.join(names)}, {what} {value:.4g}"
 
 
+def settings_line(params: dict) -> str:
+    """A method's settings as one line ('steps 32, rule gausslegendre'): the plain values only."""
+    return ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in params.items()
+                     if v is not None and not isinstance(v, (dict, list)))
+
+
 def method_lines(summary: dict, width: int = 22) -> list[str]:
     lines = []
     for method, m in (summary.get("methods") or {}).items():

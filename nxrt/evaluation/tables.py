@@ -43,6 +43,11 @@ def _columns(rows) -> list[str]:
     return cols
 
 
+def mean_sd(mean: float, sd: float, n: int, plus_minus: str = "±") -> str:
+    """One cell of the summary by method: 'n/a' without values, else 'mean ± sd (n=N)'."""
+    return "n/a" if n == 0 else f"{mean:.3g} {plus_minus} {sd:.2g} (n={n})"
+
+
 def summary_by_method(rows) -> dict[str, dict[str, tuple[float, float, int]]]:
     """{method: {column: (mean, sd, n)}} over the cases (NaN / missing values left out)."""
     out: dict[str, dict[str, tuple[float, float, int]]] = {}
@@ -74,10 +79,7 @@ def write_cohort_metrics(out: Path, cases) -> list[Path]:
     methods = list(table)
     lines = ["| metric | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
     for col in cols[2:]:
-        cells = []
-        for m in methods:
-            mean, sd, n = table[m][col]
-            cells.append("n/a" if n == 0 else f"{mean:.3g} ± {sd:.2g} (n={n})")
+        cells = [mean_sd(*table[m][col]) for m in methods]
         lines.append(f"| {col} | " + " | ".join(cells) + " |")
     paths = [out / "metrics.csv", out / "metrics.md", out / "metrics.png"]
     with atomic_path(paths[0]) as tmp:

@@ -81,12 +81,17 @@ def _scale(shape: Sequence[int], spacing: Sequence[float], box: int) -> float:
     return box / max(n * s for n, s in zip(shape[:3], _mm(spacing), strict=True))
 
 
-def _window(values: np.ndarray) -> tuple[float, float]:
-    """Grey window: the 1st..99th percentile of the nonzero (brain) values."""
+def grey_window(values: np.ndarray) -> tuple[float, float]:
+    """Grey window of a scan (the figures' and the report's): the 1st..99th percentile (nearest
+    rank, by a partial sort) of the nonzero (brain) values."""
+    values = np.asarray(values)
     vals = values[values != 0]
     vals = vals if vals.size else values.ravel()
-    lo, hi = np.percentile(vals, [1, 99]) if vals.size else (0.0, 1.0)
-    return float(lo), float(hi if hi > lo else lo + 1)
+    if not vals.size:
+        return 0.0, 1.0
+    ranks = [int(round(q * (vals.size - 1))) for q in (0.01, 0.99)]
+    lo, hi = (float(v) for v in np.partition(vals, ranks)[ranks])
+    return lo, hi if hi > lo else lo + 1
 
 
 def mask_edges(mask: np.ndarray) -> np.ndarray:
@@ -243,7 +248,7 @@ def overview(path, background, maps: dict, center, title: str = "", contour=None
         if id(scan) in greys:
             continue
         planes = {o: _shown(view_slice(scan, o, center, affine), o, convention).astype(np.float32) for o in views}
-        lo, hi = _window(np.concatenate([b.ravel() for b in planes.values()]))
+        lo, hi = grey_window(np.concatenate([b.ravel() for b in planes.values()]))
         brains[id(scan)] = {o: b != 0 for o, b in planes.items()}  # the brain: overlays stop at its edge
         greys[id(scan)] = {o: np.clip((b - lo) / (hi - lo), 0, 1) for o, b in planes.items()}
     masks = [(m, colour) for m, colour in ((predicted, PREDICTED_OUTLINE), (contour, TRUE_OUTLINE)) if m is not None]
@@ -319,7 +324,7 @@ def layer_grid(path, background, maps: list, names: list[str], center, orientati
     rows = max(1, -(-n // cols))
     plane = _shown(view_slice(background, orientation, center, affine), orientation, convention).astype(np.float32)
     inside = plane != 0
-    lo, hi = _window(plane)
+    lo, hi = grey_window(plane)
     grey = np.clip((plane - lo) / (hi - lo), 0, 1)
     pixel = view_pixel_mm(orientation, spacing, affine)
     size = _fitted_size(grey.shape, pixel, box / max(grey.shape[1] * pixel[0], grey.shape[0] * pixel[1]))
@@ -369,7 +374,7 @@ def thumbnail(path, background, overlay, center, spacing: Sequence[float] = (1.0
     from .writer import atomic_path
 
     plane = view_slice(background, "axial", center, affine).astype(np.float32)
-    lo, hi = _window(plane)
+    lo, hi = grey_window(plane)
     grey = np.clip((plane - lo) / (hi - lo), 0, 1)
     layer = None if overlay is None else view_slice(overlay, "axial", center, affine)
     outlines = [] if contour is None else [(view_slice(contour, "axial", center, affine), TRUE_OUTLINE)]

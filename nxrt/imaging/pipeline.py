@@ -321,8 +321,7 @@ class _CaseStats:
 
 def settings_note(params: dict, most: int = 44) -> str:
     """A method's settings as one short line for a figure ('steps 32, rule gausslegendre')."""
-    text = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in params.items()
-                     if v is not None and not isinstance(v, (dict, list)))
+    text = findings.settings_line(params)
     return text if len(text) <= most else text[:most - 1] + "\u2026"
 
 

@@ -97,8 +97,7 @@ def _method_table(summary: dict) -> str:
     head += "".join(f"<th>{html.escape(n)}</th>" for n in metric_names)
     rows = []
     for name, m in methods.items():
-        params = ", ".join(f"{k} {v}" for k, v in (m.get("params") or {}).items()
-                           if v is not None and not isinstance(v, (dict, list)))
+        params = findings.settings_line(m.get("params") or {})
         cells = "".join(f"<td>{_cell(m.get(key), fmt)}</td>" for _, key, fmt in METHOD_FIELDS)
         cells += "".join(f"<td>{_cell((m.get('metrics') or {}).get(n), '{:.4g}')}</td>" for n in metric_names)
         rows.append(f"<tr><th>{html.escape(name)}</th><td>{html.escape(params) or '&ndash;'}</td>{cells}</tr>")

@@ -13,7 +13,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from .. import findings
-from ..evaluation.tables import cohort_rows, summary_by_method
+from ..evaluation.tables import cohort_rows, mean_sd, summary_by_method
 from .case_page import static
 
 #: metrics shown per method in a row (the first of these a cohort has), besides the tumour share
@@ -108,14 +108,11 @@ def _metric_summary(out: Path, cases) -> str:
         return ""
     table = summary_by_method(rows)
     methods = list(table)
-    columns = [c for c in next(iter(table.values()))]
+    columns = list(next(iter(table.values())))
     head = "".join(f"<th>{html.escape(m)}</th>" for m in methods)
     body = []
     for col in columns:
-        cells = []
-        for m in methods:
-            mean, sd, n = table[m][col]
-            cells.append("n/a" if n == 0 else f"{mean:.3g} &plusmn; {sd:.2g} (n={n})")
+        cells = [mean_sd(*table[m][col], plus_minus="&plusmn;") for m in methods]
         body.append(f"<tr><th>{html.escape(col)}</th>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     return (f"<section><h2>Metrics by method (mean &plusmn; sd)</h2><table id='metrics'><tr><th>metric</th>{head}</tr>"
             + "".join(body) + "</table></section>")

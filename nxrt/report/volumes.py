@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..imaging.figures import grey_window
+
 #: voxels of air kept around the brain's bounding box
 MARGIN = 3
 #: gzip level: 1 (level 6 compresses a noisy scan ~4% better at 1.5-3x the time)
@@ -83,13 +85,7 @@ def grey_bytes(scan: np.ndarray, levels: int = 256) -> np.ndarray:
     where the page shows no map), the brain is 1..levels-1."""
     scan = np.asarray(scan, np.float32)
     inside = scan != 0
-    values = scan[inside]
-    if values.size:  # nearest-rank percentiles by a partial sort (5x faster than np.percentile)
-        ranks = [int(round(q * (values.size - 1))) for q in (0.01, 0.99)]
-        lo, hi = (float(v) for v in np.partition(values, ranks)[ranks])
-    else:
-        lo, hi = 0.0, 1.0
-    hi = hi if hi > lo else lo + 1
+    lo, hi = grey_window(scan)
     out = np.clip((scan - lo) / (hi - lo), 0, 1) * (levels - 2) + 1
     return np.where(inside, out + 0.5, 0).astype(np.uint8)
 
